@@ -1,0 +1,276 @@
+"""The one module that knows array libraries by name.
+
+Everything under :mod:`backprop_xp.functional` and :mod:`backprop_xp.nn` works on whatever
+namespace its inputs come from (:func:`get_namespace`). This module turns backend *names*
+(``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``, ...) into namespaces, moves
+arrays between libraries (:func:`to_namespace`), and provides the few operations the Array
+API standard leaves out (random numbers).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+__all__ = [
+    "BackendUnavailableError",
+    "available_backends",
+    "default_device",
+    "device",
+    "get_namespace",
+    "library_name",
+    "namespace",
+    "random_uniform",
+    "to_namespace",
+    "to_numpy",
+]
+
+Array = Any
+
+# Names users pass to ``namespace``: the import name of the array library, mapped to the
+# module that array-api-compat wraps it in (or the library itself where it is compliant).
+_NAMESPACES: dict[str, str] = {
+    "numpy": "array_api_compat.numpy",
+    "cupy": "array_api_compat.cupy",
+    "torch": "array_api_compat.torch",
+    "dask": "array_api_compat.dask.array",
+    "array_api_strict": "array_api_strict",
+    "jax": "jax.numpy",
+    "ndonnx": "ndonnx",
+    "sparse": "sparse",
+}
+_ALIASES = {"np": "numpy", "cp": "cupy", "pytorch": "torch", "strict": "array_api_strict"}
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested array library is not installed or has no usable device."""
+
+
+def _is_array(x: object) -> bool:
+    return x is not None and not isinstance(x, (bool, int, float, complex))
+
+
+def library_name(x: Array) -> str:
+    """The top-level package an array comes from: ``"numpy"``, ``"torch"``, ``"cupy"``, ..."""
+    return type(x).__module__.partition(".")[0]
+
+
+def device(x: Array) -> Any:
+    """The device of ``x`` (``array_api_compat.device``)."""
+    return array_api_compat.device(x)
+
+
+def get_namespace(
+    *arrays: Array | None, op: str | None = None, names: Sequence[str] | None = None
+) -> ModuleType:
+    """The Array API namespace of ``arrays``.
+
+    ``None`` and Python scalars are ignored. Arrays from different libraries raise
+    :class:`TypeError`; arrays on different devices raise :class:`ValueError`. ``op`` and
+    ``names`` (one per entry of ``arrays``) only make those messages name the culprits.
+
+    Parameters
+    ----------
+    *arrays : array, None or scalar
+    op : str, optional
+        The op asking, for error messages.
+    names : sequence of str, optional
+        Argument names matching ``arrays``, for error messages.
+
+    Returns
+    -------
+    module
+        The array-api-compat namespace of the arrays.
+    """
+    labels = list(names) if names is not None else [f"argument {i}" for i in range(len(arrays))]
+    found = [(label, a) for label, a in zip(labels, arrays, strict=False) if _is_array(a)]
+    prefix = f"{op}: " if op else ""
+    if not found:
+        raise TypeError(f"{prefix}expected at least one array, got none")
+    first_label, first = found[0]
+    first_lib = library_name(first)
+    for label, a in found[1:]:
+        lib = library_name(a)
+        if lib != first_lib:
+            raise TypeError(
+                f"{prefix}arrays from different libraries: '{first_label}' is a {first_lib} "
+                f"array but '{label}' is a {lib} array; move them to one library first "
+                f"(backprop_xp.backend.to_namespace)"
+            )
+    try:
+        xp = array_api_compat.array_namespace(*(a for _, a in found))
+    except TypeError as e:
+        raise TypeError(f"{prefix}unsupported array type {type(first).__name__}: {e}") from e
+    first_device = array_api_compat.device(first)
+    for label, a in found[1:]:
+        dev = array_api_compat.device(a)
+        if dev != first_device:
+            raise ValueError(
+                f"{prefix}arrays on different devices: '{first_label}' is on {first_device} "
+                f"but '{label}' is on {dev}"
+            )
+    return xp
+
+
+def _canonical(name: str) -> str:
+    key = name.lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in _NAMESPACES:
+        raise ValueError(
+            f"namespace: unknown backend {name!r}; expected one of {sorted(_NAMESPACES)}"
+        )
+    return key
+
+
+def namespace(name: str) -> ModuleType:
+    """The Array API namespace for a backend name.
+
+    ``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``, ``"dask"``, ``"jax"``: the
+    array-api-compat wrapper where one exists, else the library itself. CuPy additionally
+    needs a visible CUDA device.
+
+    Raises
+    ------
+    BackendUnavailableError
+        The library is not installed, or (CuPy) no CUDA device is usable.
+    """
+    key = _canonical(name)
+    if key == "jax":
+        import_name = "jax"
+    elif key == "dask":
+        import_name = "dask.array"
+    else:
+        import_name = key
+    try:
+        importlib.import_module(import_name)
+    except ImportError as e:
+        raise BackendUnavailableError(
+            f"namespace: backend {name!r} needs the {import_name!r} package, which is not "
+            f"importable here ({e}); for CuPy install the extra matching your CUDA: "
+            f"pip install 'backprop_xp[cuda12]' or 'backprop_xp[cuda13]'"
+        ) from e
+    if key == "cupy":
+        import cupy
+
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as e:  # CUDARuntimeError when no driver is present
+            raise BackendUnavailableError(
+                f"namespace: backend 'cupy' is installed but has no usable CUDA device ({e})"
+            ) from e
+        if count == 0:
+            raise BackendUnavailableError(
+                "namespace: backend 'cupy' is installed but no CUDA device is visible"
+            )
+    return importlib.import_module(_NAMESPACES[key])
+
+
+def default_device(xp: ModuleType | str) -> Any:
+    """The device new arrays of ``xp`` land on by default (``"cuda"`` for torch when present)."""
+    if isinstance(xp, str):
+        xp = namespace(xp)
+    if array_api_compat.is_torch_namespace(xp):
+        import torch
+
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return array_api_compat.device(xp.empty(0))
+
+
+def available_backends() -> list[str]:
+    """Backends usable on this machine, among numpy, array_api_strict, torch, cupy."""
+    names = []
+    for name in ("numpy", "array_api_strict", "torch", "cupy"):
+        try:
+            xp = namespace(name)
+            xp.asarray([0.0])
+        except Exception:
+            continue
+        names.append(name)
+    return names
+
+
+def to_numpy(x: Array) -> np.ndarray:
+    """A NumPy copy (or view) of ``x`` on the host. This is an explicit host round trip."""
+    if isinstance(x, np.ndarray):
+        return x
+    lib = library_name(x)
+    if lib == "torch":
+        return x.detach().cpu().numpy()
+    if lib == "cupy":
+        return x.get()
+    try:
+        return np.from_dlpack(x)
+    except Exception:
+        return np.asarray(x)
+
+
+def to_namespace(x: Array, xp: ModuleType | str, device: Any = None) -> Array:
+    """Move ``x`` to namespace ``xp`` (a module or backend name), optionally onto ``device``.
+
+    DLPack is tried first (zero copy where both libraries share the device); otherwise the
+    data goes through a host copy. ``dtype`` is preserved.
+    """
+    if isinstance(xp, str):
+        xp = namespace(xp)
+    if _is_array(x) and not isinstance(x, np.generic):
+        src = array_api_compat.array_namespace(x)
+        if src is xp or library_name(x) == _library_of_namespace(xp):
+            return x if device is None else array_api_compat.to_device(x, device)
+        if device is None:
+            try:
+                return xp.from_dlpack(x)
+            except Exception:  # different devices, or a library without DLPack import
+                pass
+    host = to_numpy(x) if _is_array(x) else np.asarray(x)
+    if host.dtype.byteorder not in ("=", "|"):
+        host = host.astype(host.dtype.newbyteorder("="))
+    if not host.flags.writeable:  # torch warns on (and may later write to) read-only buffers
+        host = host.copy()
+    if device is None:
+        return xp.asarray(host)
+    return xp.asarray(host, device=device)
+
+
+def _library_of_namespace(xp: ModuleType) -> str:
+    name = xp.__name__
+    if name.startswith("array_api_compat."):
+        name = name[len("array_api_compat.") :]
+    return name.partition(".")[0]
+
+
+def random_uniform(
+    xp: ModuleType,
+    shape: tuple[int, ...],
+    *,
+    dtype: Any,
+    device: Any = None,
+    seed: int | None = None,
+) -> Array:
+    """Uniform numbers in ``[0, 1)`` drawn by the backend's own generator (no host round trip).
+
+    The Array API has no random module, so this is one of the few library-specific helpers.
+    Libraries without a native generator (array_api_strict) draw on the host.
+    """
+    lib = _library_of_namespace(xp)
+    if lib == "torch":
+        import torch
+
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=device or "cpu").manual_seed(seed)
+        return torch.rand(shape, dtype=dtype, device=device, generator=gen)
+    if lib == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(device if device is not None else cupy.cuda.Device().id):
+            return cupy.random.default_rng(seed).random(shape, dtype=dtype)
+    host = np.random.default_rng(seed).random(shape)
+    if lib == "numpy":
+        return host.astype(dtype, copy=False)
+    arr = to_namespace(host, xp, device)
+    return xp.astype(arr, dtype)

@@ -1,0 +1,35 @@
+"""Neural-network ops with hand-written backward passes, on any Array API namespace.
+
+Every op follows one protocol::
+
+    out, cache = F.op(*inputs, **options)
+    grads = F.op_backward(grad_out, cache)   # one entry per array input, None where none
+
+Names, argument names, layouts and defaults follow ``torch.nn.functional`` (``axis`` where
+torch says ``dim``).
+"""
+
+from .activations import *  # noqa: F403
+from .activations import __all__ as _activations_all
+from .conv import *  # noqa: F403
+from .conv import __all__ as _conv_all
+from .linear import *  # noqa: F403
+from .linear import __all__ as _linear_all
+from .losses import *  # noqa: F403
+from .losses import __all__ as _losses_all
+from .pooling import *  # noqa: F403
+from .pooling import __all__ as _pooling_all
+from .recurrent import *  # noqa: F403
+from .recurrent import __all__ as _recurrent_all
+from .softmax import *  # noqa: F403
+from .softmax import __all__ as _softmax_all
+
+__all__ = [
+    *_activations_all,
+    *_conv_all,
+    *_linear_all,
+    *_losses_all,
+    *_pooling_all,
+    *_recurrent_all,
+    *_softmax_all,
+]

@@ -1,0 +1,50 @@
+"""Argument checks shared by the ops. Every message names the op, the argument, what was
+expected and what came."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+Array = Any
+
+
+def shape_error(op: str, name: str, expected: str, got: object) -> ValueError:
+    return ValueError(f"{op}: argument '{name}' expected {expected}, got {got}")
+
+
+def check_floating(op: str, name: str, x: Array, xp: ModuleType) -> None:
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(
+            f"{op}: argument '{name}' expected a real floating-point array, got dtype {x.dtype}"
+        )
+
+
+def check_integer(op: str, name: str, x: Array, xp: ModuleType) -> None:
+    if not xp.isdtype(x.dtype, "integral"):
+        raise TypeError(f"{op}: argument '{name}' expected an integer array, got dtype {x.dtype}")
+
+
+def check_ndim(op: str, name: str, x: Array, ndim: int | Sequence[int], layout: str = "") -> None:
+    allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if x.ndim not in allowed:
+        dims = " or ".join(f"{d}-d" for d in allowed)
+        what = f"a {dims} array" + (f" {layout}" if layout else "")
+        raise shape_error(op, name, what, f"shape {tuple(x.shape)}")
+
+
+def check_shape(op: str, name: str, x: Array, shape: tuple[int, ...]) -> None:
+    if tuple(x.shape) != tuple(shape):
+        raise shape_error(op, name, f"shape {tuple(shape)}", f"shape {tuple(x.shape)}")
+
+
+def normalize_axis(op: str, axis: int, ndim: int) -> int:
+    if not -ndim <= axis < max(ndim, 1):
+        raise shape_error(op, "axis", f"an axis in [{-ndim}, {ndim})", axis)
+    return axis % max(ndim, 1)
+
+
+def check_choice(op: str, name: str, value: object, choices: Sequence[object]) -> None:
+    if value not in choices:
+        raise ValueError(f"{op}: argument '{name}' expected one of {list(choices)}, got {value!r}")

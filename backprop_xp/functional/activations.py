@@ -1,0 +1,153 @@
+"""Elementwise activations. Each keeps exactly what its derivative needs."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..backend import get_namespace
+from ._validation import check_floating
+
+__all__ = [
+    "elu",
+    "elu_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "relu",
+    "relu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "softplus",
+    "softplus_backward",
+    "tanh",
+    "tanh_backward",
+]
+
+Array = Any
+
+
+def _ns(op: str, x: Array) -> Any:
+    xp = get_namespace(x, op=op, names=("x",))
+    check_floating(op, "x", x, xp)
+    return xp
+
+
+class SigmoidCache(NamedTuple):
+    y: Array
+
+
+def sigmoid(x: Array, /) -> tuple[Array, SigmoidCache]:
+    r"""Logistic sigmoid :math:`y = 1 / (1 + e^{-x})`; backward :math:`g \, y (1 - y)`.
+
+    Evaluated as :math:`e^{\min(x,0)} / (1 + e^{-|x|})`, which never overflows.
+    """
+    xp = _ns("sigmoid", x)
+    e = xp.exp(-xp.abs(x))
+    y = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    return y, SigmoidCache(y)
+
+
+def sigmoid_backward(dy: Array, cache: SigmoidCache, /) -> tuple[Array]:
+    y = cache.y
+    return (dy * y * (1 - y),)
+
+
+class TanhCache(NamedTuple):
+    y: Array
+
+
+def tanh(x: Array, /) -> tuple[Array, TanhCache]:
+    r"""Hyperbolic tangent; backward :math:`g (1 - y^2)`."""
+    xp = _ns("tanh", x)
+    y = xp.tanh(x)
+    return y, TanhCache(y)
+
+
+def tanh_backward(dy: Array, cache: TanhCache, /) -> tuple[Array]:
+    y = cache.y
+    return (dy * (1 - y * y),)
+
+
+class ReluCache(NamedTuple):
+    mask: Array  # x > 0
+
+
+def relu(x: Array, /) -> tuple[Array, ReluCache]:
+    r""":math:`\max(x, 0)`; backward :math:`g [x > 0]` (zero at ``x == 0``, as torch)."""
+    xp = _ns("relu", x)
+    mask = x > 0
+    # where(), not maximum(): maximum(nan, 0) is 0 on some backends; NaN must propagate.
+    return xp.where(x < 0, xp.zeros_like(x), x), ReluCache(mask)
+
+
+def relu_backward(dy: Array, cache: ReluCache, /) -> tuple[Array]:
+    xp = get_namespace(dy, cache.mask, op="relu_backward", names=("dy", "mask"))
+    return (xp.where(cache.mask, dy, xp.zeros_like(dy)),)
+
+
+class LeakyReluCache(NamedTuple):
+    mask: Array
+    negative_slope: float
+
+
+def leaky_relu(x: Array, /, negative_slope: float = 0.01) -> tuple[Array, LeakyReluCache]:
+    r""":math:`x` where :math:`x > 0`, else :math:`\alpha x`; backward :math:`g` or :math:`\alpha g`."""
+    xp = _ns("leaky_relu", x)
+    mask = x > 0
+    return xp.where(x < 0, negative_slope * x, x), LeakyReluCache(mask, negative_slope)
+
+
+def leaky_relu_backward(dy: Array, cache: LeakyReluCache, /) -> tuple[Array]:
+    xp = get_namespace(dy, cache.mask, op="leaky_relu_backward", names=("dy", "mask"))
+    return (xp.where(cache.mask, dy, cache.negative_slope * dy),)
+
+
+class EluCache(NamedTuple):
+    x: Array
+    y: Array
+    alpha: float
+
+
+def elu(x: Array, /, alpha: float = 1.0) -> tuple[Array, EluCache]:
+    r""":math:`x` where :math:`x > 0`, else :math:`\alpha (e^{x} - 1)`.
+
+    Backward: :math:`g` where :math:`x > 0`, else :math:`g (y + \alpha)`.
+    """
+    xp = _ns("elu", x)
+    y = xp.where(x > 0, x, alpha * xp.expm1(xp.minimum(x, xp.zeros_like(x))))
+    y = xp.where(xp.isnan(x), x, y)
+    return y, EluCache(x, y, alpha)
+
+
+def elu_backward(dy: Array, cache: EluCache, /) -> tuple[Array]:
+    x, y, alpha = cache
+    xp = get_namespace(dy, x, op="elu_backward", names=("dy", "x"))
+    return (xp.where(x > 0, dy, dy * (y + alpha)),)
+
+
+class SoftplusCache(NamedTuple):
+    x: Array
+    beta: float
+    threshold: float
+
+
+def softplus(
+    x: Array, /, beta: float = 1.0, threshold: float = 20.0
+) -> tuple[Array, SoftplusCache]:
+    r""":math:`\frac{1}{\beta}\log(1 + e^{\beta x})`, and :math:`x` where :math:`\beta x > \text{threshold}`.
+
+    As torch, the linear branch above the threshold avoids overflow. Backward:
+    :math:`g\,\sigma(\beta x)` (and :math:`g` on the linear branch).
+    """
+    xp = _ns("softplus", x)
+    bx = beta * x
+    # log1p(exp(-|bx|)) + max(bx, 0) is log(1 + e^{bx}) without overflow.
+    soft = (xp.log1p(xp.exp(-xp.abs(bx))) + xp.where(bx > 0, bx, xp.zeros_like(bx))) / beta
+    return xp.where(bx > threshold, x, soft), SoftplusCache(x, beta, threshold)
+
+
+def softplus_backward(dy: Array, cache: SoftplusCache, /) -> tuple[Array]:
+    x, beta, threshold = cache
+    xp = get_namespace(dy, x, op="softplus_backward", names=("dy", "x"))
+    bx = beta * x
+    s, _ = sigmoid(bx)
+    return (xp.where(bx > threshold, dy, dy * s),)

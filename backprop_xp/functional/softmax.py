@@ -1,0 +1,126 @@
+"""Softmax, log-softmax, and the 2-class softmax logits that make a sigmoid."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..backend import get_namespace
+from ._validation import check_floating, normalize_axis
+
+__all__ = [
+    "log_softmax",
+    "log_softmax_backward",
+    "sigmoid_as_softmax_logits",
+    "sigmoid_as_softmax_logits_backward",
+    "softmax",
+    "softmax_backward",
+]
+
+Array = Any
+
+
+class SoftmaxCache(NamedTuple):
+    y: Array  # the backward needs only the output
+    axis: int
+
+
+def softmax(x: Array, /, axis: int = -1) -> tuple[Array, SoftmaxCache]:
+    r"""Softmax along ``axis``: :math:`y_i = e^{x_i - m} / \sum_j e^{x_j - m}`, :math:`m = \max_j x_j`.
+
+    Subtracting the maximum changes nothing mathematically and keeps :math:`e^{x - m} \le 1`,
+    so large logits do not overflow. A row of all ``-inf`` gives NaN, like torch.
+
+    Parameters
+    ----------
+    x : array, any shape, real floating
+    axis : int
+        The axis that sums to one (torch's ``dim``).
+
+    Returns
+    -------
+    y : array, shape of ``x``
+    cache : SoftmaxCache
+
+    Notes
+    -----
+    Backward: :math:`\partial L/\partial x = y \odot (g - \langle g, y\rangle)`.
+    """
+    xp = get_namespace(x, op="softmax", names=("x",))
+    check_floating("softmax", "x", x, xp)
+    axis = normalize_axis("softmax", axis, x.ndim)
+    e = xp.exp(x - xp.max(x, axis=axis, keepdims=True)) if x.ndim else xp.ones_like(x)
+    y = e / xp.sum(e, axis=axis, keepdims=True) if x.ndim else e
+    return y, SoftmaxCache(y, axis)
+
+
+def softmax_backward(dy: Array, cache: SoftmaxCache, /) -> tuple[Array]:
+    y, axis = cache
+    xp = get_namespace(dy, y, op="softmax_backward", names=("dy", "y"))
+    if y.ndim == 0:
+        return (xp.zeros_like(y),)
+    return (y * (dy - xp.sum(dy * y, axis=axis, keepdims=True)),)
+
+
+class LogSoftmaxCache(NamedTuple):
+    y: Array  # log-probabilities; the backward needs exp(y)
+    axis: int
+
+
+def log_softmax(x: Array, /, axis: int = -1) -> tuple[Array, LogSoftmaxCache]:
+    r"""Log-softmax along ``axis``: :math:`y_i = x_i - m - \log \sum_j e^{x_j - m}`.
+
+    Computed directly (never as ``log(softmax(x))``), so it stays finite where the softmax
+    underflows to zero.
+
+    Notes
+    -----
+    Backward: :math:`\partial L/\partial x = g - e^{y} \sum_j g_j`.
+    """
+    xp = get_namespace(x, op="log_softmax", names=("x",))
+    check_floating("log_softmax", "x", x, xp)
+    axis = normalize_axis("log_softmax", axis, x.ndim)
+    if x.ndim == 0:
+        y = xp.zeros_like(x)
+        return y, LogSoftmaxCache(y, axis)
+    z = x - xp.max(x, axis=axis, keepdims=True)
+    y = z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
+    return y, LogSoftmaxCache(y, axis)
+
+
+def log_softmax_backward(dy: Array, cache: LogSoftmaxCache, /) -> tuple[Array]:
+    y, axis = cache
+    xp = get_namespace(dy, y, op="log_softmax_backward", names=("dy", "y"))
+    if y.ndim == 0:
+        return (xp.zeros_like(y),)
+    return (dy - xp.exp(y) * xp.sum(dy, axis=axis, keepdims=True),)
+
+
+class SigmoidAsSoftmaxCache(NamedTuple):
+    pass
+
+
+def sigmoid_as_softmax_logits(z: Array, /) -> tuple[Array, SigmoidAsSoftmaxCache]:
+    r"""The 2-class logits ``[z, 0]`` (on a new last axis) whose softmax is ``[σ(z), 1 − σ(z)]``.
+
+    Since :math:`e^{z} / (e^{z} + e^{0}) = 1 / (1 + e^{-z}) = \sigma(z)`, a sigmoid unit is a
+    2-class softmax with one logit pinned to zero. The map from 2-class logits to
+    probabilities is many-to-one: adding a constant to both logits changes nothing, so pinning
+    one of them loses no generality.
+
+    Parameters
+    ----------
+    z : array, shape (*)
+
+    Returns
+    -------
+    logits : array, shape (*, 2)
+    """
+    xp = get_namespace(z, op="sigmoid_as_softmax_logits", names=("z",))
+    check_floating("sigmoid_as_softmax_logits", "z", z, xp)
+    return xp.stack([z, xp.zeros_like(z)], axis=-1), SigmoidAsSoftmaxCache()
+
+
+def sigmoid_as_softmax_logits_backward(
+    dlogits: Array, cache: SigmoidAsSoftmaxCache, /
+) -> tuple[Array]:
+    return (dlogits[..., 0],)
