@@ -1,3 +1,708 @@
-"""(being written)"""
+r"""Recurrent layers (Elman RNN, LSTM, GRU) with backpropagation through time.
 
-__all__: list[str] = []
+Time-major like torch's default (``batch_first=False``), with torch's weight layouts and gate
+orders, so the weights of ``torch.nn.RNN``/``LSTM``/``GRU`` (one layer, one direction) load
+unchanged.
+
+Notation
+--------
+- :math:`T` time steps, :math:`N` batch, :math:`D` input features, :math:`H` hidden features.
+- :math:`G` gates per cell: 1 (RNN), 4 (LSTM: i, f, g, o), 3 (GRU: r, z, n).
+- ``input (T, N, D)``, ``h0 (N, H)``, ``w_ih (G·H, D)``, ``w_hh (G·H, H)``, ``b_* (G·H,)``.
+
+Protocol
+--------
+Array inputs are the positional parameters; the gradient tuple has one entry per positional
+parameter, in order, whether or not it was passed: ``None`` for an absent bias and always
+``None`` for ``lengths`` (integers have no gradient). ``rnn_backward`` thus returns 7 entries
+``(d_input, d_h0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None)``.
+
+Variable lengths
+----------------
+``lengths (N,)`` lets sequences of different lengths share a batch, in any order: at steps
+``t >= lengths[n]`` the state of sequence ``n`` is carried unchanged and its output is zero,
+which is what torch returns for a packed sequence (``pack_padded_sequence(...,
+enforce_sorted=False)``); ``h_n`` is each sequence's last valid state.
+
+Speed
+-----
+The input projection of all steps is one GEMM before the loop, the weight gradients one GEMM
+each after it; inside the loop there is only the recurrent GEMM and elementwise gate math.
+
+Truncated BPTT
+--------------
+Every backward takes ``truncate=k``: backpropagate through the last ``k`` steps only (see
+:func:`rnn_backward`). To run a long sequence chunk by chunk, pass ``h_n`` of one chunk as
+``h0`` of the next and drop the ``d_h0`` of each chunk's backward; see :func:`rnn`.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, NamedTuple
+
+from .._config import index_checks_enabled
+from ..backend import device, get_namespace
+from ._validation import check_choice, check_floating, check_integer, check_ndim, shape_error
+
+__all__ = [
+    "gru",
+    "gru_backward",
+    "lstm",
+    "lstm_backward",
+    "rnn",
+    "rnn_backward",
+]
+
+Array = Any
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared checks and helpers
+
+
+class _Dims(NamedTuple):
+    T: int
+    N: int
+    D: int
+    H: int
+
+
+def _check(
+    op: str,
+    gates: int,
+    input: Array,
+    states: dict[str, Array],
+    w_ih: Array,
+    w_hh: Array,
+    b_ih: Array | None,
+    b_hh: Array | None,
+    lengths: Array | None,
+) -> tuple[ModuleType, _Dims, Array | None]:
+    """Validate shapes and dtypes; return the namespace, the sizes, and the (T, N, 1) mask."""
+    names = ("input", *states, "w_ih", "w_hh", "b_ih", "b_hh", "lengths")
+    arrays = (input, *states.values(), w_ih, w_hh, b_ih, b_hh, lengths)
+    xp = get_namespace(*arrays, op=op, names=names)
+    check_floating(op, "input", input, xp)
+    check_ndim(op, "input", input, 3, "(T, N, D)")
+    T, N, D = (int(s) for s in input.shape)
+    first = next(iter(states))
+    check_ndim(op, first, states[first], 2, "(N, H)")
+    H = int(states[first].shape[1])
+    GH = gates * H
+    expected = {name: (N, H) for name in states}
+    expected.update(w_ih=(GH, D), w_hh=(GH, H), b_ih=(GH,), b_hh=(GH,))
+    given = dict(states, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
+    for name, a in given.items():
+        if a is None:
+            continue
+        if tuple(a.shape) != expected[name]:
+            raise shape_error(
+                op,
+                name,
+                f"shape {expected[name]} for input {tuple(input.shape)} (T, N, D) and hidden "
+                f"size H={H}" + (f" ({gates} gates)" if gates > 1 else ""),
+                f"shape {tuple(a.shape)}",
+            )
+        if a.dtype != input.dtype:
+            raise TypeError(
+                f"{op}: argument '{name}' expected dtype {input.dtype} (the dtype of 'input'), "
+                f"got dtype {a.dtype}"
+            )
+    mask = None
+    if lengths is not None:
+        check_integer(op, "lengths", lengths, xp)
+        if tuple(lengths.shape) != (N,):
+            raise shape_error(
+                op, "lengths", f"shape ({N},) (one per sequence)", f"shape {tuple(lengths.shape)}"
+            )
+        # One host sync per call, like the class-index check of the losses.
+        if index_checks_enabled() and N and bool(xp.any((lengths < 0) | (lengths > T))):
+            raise ValueError(
+                f"{op}: argument 'lengths' expected values in [0, {T}] (T = input.shape[0]), "
+                f"got values in [{int(xp.min(lengths))}, {int(xp.max(lengths))}]"
+            )
+        steps = xp.arange(T, dtype=lengths.dtype, device=device(input))
+        mask = (steps[:, None] < lengths[None, :])[:, :, None]
+    return xp, _Dims(T, N, D, H), mask
+
+
+def _check_truncate(op: str, truncate: int | None, T: int) -> int:
+    if truncate is None:
+        return T
+    if isinstance(truncate, bool) or not isinstance(truncate, int) or truncate < 1:
+        raise ValueError(
+            f"{op}: argument 'truncate' expected an int >= 1 or None, got {truncate!r}"
+        )
+    return min(truncate, T)
+
+
+def _unpack_grads(op: str, grad: Any, n: int) -> tuple[Array | None, ...]:
+    if not isinstance(grad, (tuple, list)) or len(grad) != n:
+        raise ValueError(
+            f"{op}: argument 'grad' expected a tuple of {n} cotangents (None allowed), got "
+            f"{type(grad).__name__}"
+            + (f" of length {len(grad)}" if isinstance(grad, tuple) else "")
+        )
+    return tuple(grad)
+
+
+def _gate_vector(xp: ModuleType, values: tuple[float, ...], H: int, like: Array) -> Array:
+    """``(G·H,)`` vector repeating ``values[g]`` over gate ``g``'s block of ``H`` rows."""
+    return xp.concat(
+        [xp.full((H,), v, dtype=like.dtype, device=device(like)) for v in values], axis=0
+    )
+
+
+def _stack(xp: ModuleType, items: list[Array], shape: tuple[int, ...], like: Array) -> Array:
+    if not items:
+        return xp.zeros(shape, dtype=like.dtype, device=device(like))
+    return xp.stack(items, axis=0)
+
+
+def _weight_grads(
+    xp: ModuleType,
+    dG: Array,
+    X: Array,
+    H_prev: Array,
+    w_ih: Array,
+    dims: _Dims,
+    s: int,
+) -> tuple[Array, Array, Array, Array]:
+    """dW_ih, dW_hh, db, d_input from the stacked gate gradients ``dG (k·N, G·H)`` of steps
+    ``s..T-1``: one GEMM each, after the loop."""
+    T, N, D, _ = dims
+    dGT = dG.T
+    dW_ih = dGT @ X[s * N :, ...]
+    dW_hh = dGT @ H_prev[s * N :, ...]
+    db = xp.sum(dG, axis=0)
+    dX = xp.reshape(dG @ w_ih, (T - s, N, D))
+    if s:
+        dX = xp.concat([xp.zeros((s, N, D), dtype=dX.dtype, device=device(dX)), dX], axis=0)
+    return dW_ih, dW_hh, db, dX
+
+
+def _bias_sum(b_ih: Array | None, b_hh: Array | None) -> Array | None:
+    if b_ih is None:
+        return b_hh
+    return b_ih if b_hh is None else b_ih + b_hh
+
+
+# ---------------------------------------------------------------------------------------------
+# Elman RNN
+
+
+class RNNCache(NamedTuple):
+    X: Array  # input, (T·N, D)
+    Hs: Array  # h0, h_1, ..., h_T (carried states), (T+1, N, H)
+    w_ih: Array
+    w_hh: Array
+    mask: Array | None  # (T, N, 1) bool, t < lengths
+    nonlinearity: str
+    has_b_ih: bool
+    has_b_hh: bool
+
+
+def rnn(
+    input: Array,
+    h0: Array,
+    w_ih: Array,
+    w_hh: Array,
+    b_ih: Array | None = None,
+    b_hh: Array | None = None,
+    lengths: Array | None = None,
+    /,
+    *,
+    nonlinearity: str = "tanh",
+) -> tuple[tuple[Array, Array], RNNCache]:
+    r"""Elman RNN over a sequence (one layer of ``torch.nn.RNN``).
+
+    .. math::
+        h_t = \phi(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}), \qquad
+        \phi = \tanh \text{ or } \operatorname{relu}.
+
+    Parameters
+    ----------
+    input : array, shape (T, N, D), real floating
+    h0 : array, shape (N, H)
+    w_ih : array, shape (H, D)
+        torch's ``weight_ih_l0``.
+    w_hh : array, shape (H, H)
+        torch's ``weight_hh_l0``.
+    b_ih, b_hh : array, shape (H,), optional
+    lengths : integer array, shape (N,), optional
+        Valid steps of each sequence, in ``[0, T]``, any order; see the module docstring.
+    nonlinearity : {"tanh", "relu"}
+
+    Returns
+    -------
+    (output, h_n) : arrays, shapes (T, N, H) and (N, H)
+        ``output[t]`` is :math:`h_t` (zero past a sequence's length); ``h_n`` the last
+        valid state.
+    cache : RNNCache
+
+    Notes
+    -----
+    Backward (:func:`rnn_backward`): with :math:`a_t` the pre-activation and
+    :math:`\delta_t = \partial L/\partial h_t` (the output cotangent plus what flows back from
+    step :math:`t+1`),
+    :math:`\partial L/\partial a_t = \delta_t \odot \phi'(a_t)` and
+    :math:`\delta_{t-1} \mathrel{+}= W_{hh}^\top \partial L/\partial a_t`.
+
+    A long sequence runs chunk by chunk by carrying the state; the backward of each chunk
+    then stops at its ``h0`` (truncated BPTT with chunk-sized windows)::
+
+        h = h0
+        for x in chunks:                       # x: (T_chunk, N, D)
+            (y, h), cache = rnn(x, h, w_ih, w_hh, b_ih, b_hh)
+            grads = rnn_backward((dL_dy(y), None), cache)   # grads[1] (d_h0) is dropped
+    """
+    op = "rnn"
+    check_choice(op, "nonlinearity", nonlinearity, ("tanh", "relu"))
+    xp, dims, mask = _check(op, 1, input, {"h0": h0}, w_ih, w_hh, b_ih, b_hh, lengths)
+    T, N, D, H = dims
+    X = xp.reshape(input, (T * N, D))
+    XW = X @ w_ih.T
+    b = _bias_sum(b_ih, b_hh)
+    if b is not None:
+        XW = XW + b
+    XW = xp.reshape(XW, (T, N, H))
+    W_hhT = w_hh.T
+    zero = xp.zeros((), dtype=input.dtype, device=device(input))
+    h = h0
+    hs = [h0]
+    for t in range(T):
+        a = XW[t, ...] + h @ W_hhT
+        # where(), not maximum(): NaN must propagate.
+        h_new = xp.tanh(a) if nonlinearity == "tanh" else xp.where(a < 0, zero, a)
+        h = h_new if mask is None else xp.where(mask[t, ...], h_new, h)
+        hs.append(h)
+    Hs = xp.stack(hs, axis=0)
+    output = Hs[1:, ...] if mask is None else xp.where(mask, Hs[1:, ...], zero)
+    cache = RNNCache(X, Hs, w_ih, w_hh, mask, nonlinearity, b_ih is not None, b_hh is not None)
+    return (output, Hs[T, ...]), cache
+
+
+def rnn_backward(
+    grad: tuple[Array | None, Array | None], cache: RNNCache, /, *, truncate: int | None = None
+) -> tuple[Array, Array, Array, Array, Array | None, Array | None, None]:
+    r"""Backpropagation through time for :func:`rnn`.
+
+    Parameters
+    ----------
+    grad : (d_output, d_h_n)
+        Cotangents of ``output (T, N, H)`` and ``h_n (N, H)``; either may be ``None``.
+    cache : RNNCache
+    truncate : int, optional
+        Truncated BPTT: walk back through the last ``k = truncate`` steps only,
+        :math:`t = T-k, \dots, T-1`. ``d_output`` of earlier steps is ignored, ``d_input`` is
+        zero there and ``d_h0`` is zero (the state entering step :math:`T-k` counts as a
+        constant). The result equals the full backward of a chunk holding the last ``k``
+        steps, started from the state the forward reached at :math:`T-k`. ``truncate >= T``
+        (and None) is full BPTT.
+
+    Returns
+    -------
+    (d_input, d_h0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None)
+        ``None`` for an absent bias; the last entry stands for ``lengths``.
+    """
+    op = "rnn_backward"
+    X, Hs, w_ih, w_hh, mask, nonlinearity, has_b_ih, has_b_hh = cache
+    dout, dh_n = _unpack_grads(op, grad, 2)
+    xp = get_namespace(dout, dh_n, Hs, op=op, names=("d_output", "d_h_n", "cache"))
+    T, N, H = (int(s) for s in Hs.shape)
+    T -= 1
+    dims = _Dims(T, N, int(X.shape[1]), H)
+    k = _check_truncate(op, truncate, T)
+    s = T - k
+    zero = xp.zeros((), dtype=Hs.dtype, device=device(Hs))
+    if dout is not None and mask is not None:
+        dout = xp.where(mask, dout, zero)  # padded outputs are constants
+    dh = dh_n if dh_n is not None else xp.zeros((N, H), dtype=Hs.dtype, device=device(Hs))
+    dAs: list[Array] = [None] * k
+    for t in range(T - 1, s - 1, -1):
+        if dout is not None:
+            dh = dh + dout[t, ...]
+        h = Hs[t + 1, ...]
+        if nonlinearity == "tanh":
+            da = dh * (1 - h * h)
+        else:
+            da = xp.where(h > 0, dh, zero)
+        if mask is not None:
+            da = xp.where(mask[t, ...], da, zero)
+            dh = xp.where(mask[t, ...], da @ w_hh, dh)
+        else:
+            dh = da @ w_hh
+        dAs[t - s] = da
+    dA = xp.reshape(_stack(xp, dAs, (0, N, H), Hs), (k * N, H))
+    H_prev = xp.reshape(Hs[:T, ...], (T * N, H))
+    dW_ih, dW_hh, db, dX = _weight_grads(xp, dA, X, H_prev, w_ih, dims, s)
+    dh0 = dh if s == 0 else xp.zeros((N, H), dtype=Hs.dtype, device=device(Hs))
+    return (
+        dX,
+        dh0,
+        dW_ih,
+        dW_hh,
+        db if has_b_ih else None,
+        db if has_b_hh else None,
+        None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM
+
+
+class LSTMCache(NamedTuple):
+    X: Array  # input, (T·N, D)
+    Hs: Array  # h0, h_1, ..., h_T (carried), (T+1, N, H)
+    cs: list[Array]  # c0, c_1, ..., c_T (carried), each (N, H)
+    tanh_cs: list[Array]  # tanh of the new cell state of each step, (N, H)
+    acts: list[Array]  # activated gates [i, f, g, o] of each step, (N, 4H)
+    tanhs: list[Array]  # tanh(scaled pre-activations), for the gate derivatives, (N, 4H)
+    w_ih: Array
+    w_hh: Array
+    mask: Array | None
+    has_b_ih: bool
+    has_b_hh: bool
+
+
+# sigmoid(z) = ½ tanh(z/2) + ½: the four gates then need one tanh over all 4H columns (torch's
+# order i, f, g, o; g alone is a plain tanh). _LSTM_SCALE multiplies the pre-activations (folded
+# into the weights), _LSTM_A and _LSTM_B map tanh to the activations, and the derivative of
+# each activation with respect to its unscaled pre-activation is _LSTM_A·_LSTM_SCALE·(1 − tanh²).
+_LSTM_SCALE = (0.5, 0.5, 1.0, 0.5)
+_LSTM_A = (0.5, 0.5, 1.0, 0.5)
+_LSTM_B = (0.5, 0.5, 0.0, 0.5)
+_LSTM_DERIV = (0.25, 0.25, 1.0, 0.25)
+
+
+def lstm(
+    input: Array,
+    h0: Array,
+    c0: Array,
+    w_ih: Array,
+    w_hh: Array,
+    b_ih: Array | None = None,
+    b_hh: Array | None = None,
+    lengths: Array | None = None,
+    /,
+) -> tuple[tuple[Array, Array, Array], LSTMCache]:
+    r"""LSTM over a sequence (one layer of ``torch.nn.LSTM``), gates in torch's order i, f, g, o.
+
+    .. math::
+        \begin{aligned}
+        [\tilde i, \tilde f, \tilde g, \tilde o] &= W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}\\
+        i, f, o &= \sigma(\tilde i), \sigma(\tilde f), \sigma(\tilde o), \quad g = \tanh \tilde g\\
+        c_t &= f \odot c_{t-1} + i \odot g, \qquad h_t = o \odot \tanh c_t
+        \end{aligned}
+
+    Parameters
+    ----------
+    input : array, shape (T, N, D)
+    h0, c0 : arrays, shape (N, H)
+    w_ih : array, shape (4H, D)
+    w_hh : array, shape (4H, H)
+    b_ih, b_hh : arrays, shape (4H,), optional
+    lengths : integer array, shape (N,), optional
+
+    Returns
+    -------
+    (output, h_n, c_n) : arrays, shapes (T, N, H), (N, H), (N, H)
+    cache : LSTMCache
+
+    Notes
+    -----
+    Backward (:func:`lstm_backward`), with :math:`\delta h_t, \delta c_t` the total cotangents
+    of the states: :math:`\delta o = \delta h_t \tanh c_t`,
+    :math:`\delta c_t \mathrel{+}= \delta h_t\, o\, (1 - \tanh^2 c_t)`,
+    :math:`\delta i = \delta c_t\, g`, :math:`\delta f = \delta c_t\, c_{t-1}`,
+    :math:`\delta g = \delta c_t\, i`, :math:`\delta c_{t-1} = \delta c_t\, f`; through the
+    activations :math:`\sigma' = \sigma(1-\sigma)`, :math:`\tanh' = 1 - g^2`; and
+    :math:`\delta h_{t-1} = W_{hh}^\top \delta[\tilde i, \tilde f, \tilde g, \tilde o]`.
+    """
+    op = "lstm"
+    states = {"h0": h0, "c0": c0}
+    xp, dims, mask = _check(op, 4, input, states, w_ih, w_hh, b_ih, b_hh, lengths)
+    T, N, D, H = dims
+    scale = _gate_vector(xp, _LSTM_SCALE, H, input)
+    act_a = _gate_vector(xp, _LSTM_A, H, input)
+    act_b = _gate_vector(xp, _LSTM_B, H, input)
+    X = xp.reshape(input, (T * N, D))
+    XW = X @ (w_ih * scale[:, None]).T
+    b = _bias_sum(b_ih, b_hh)
+    if b is not None:
+        XW = XW + b * scale
+    XW = xp.reshape(XW, (T, N, 4 * H))
+    W_hhT = (w_hh * scale[:, None]).T
+    h, c = h0, c0
+    hs, cs, tanh_cs, acts, tanhs = [h0], [c0], [], [], []
+    for t in range(T):
+        tz = xp.tanh(XW[t, ...] + h @ W_hhT)
+        A = tz * act_a + act_b
+        i, f, g, o = A[:, :H], A[:, H : 2 * H], A[:, 2 * H : 3 * H], A[:, 3 * H :]
+        c_new = f * c + i * g
+        tc = xp.tanh(c_new)
+        h_new = o * tc
+        if mask is None:
+            h, c = h_new, c_new
+        else:
+            h = xp.where(mask[t, ...], h_new, h)
+            c = xp.where(mask[t, ...], c_new, c)
+        hs.append(h)
+        cs.append(c)
+        tanh_cs.append(tc)
+        acts.append(A)
+        tanhs.append(tz)
+    Hs = xp.stack(hs, axis=0)
+    zero = xp.zeros((), dtype=input.dtype, device=device(input))
+    output = Hs[1:, ...] if mask is None else xp.where(mask, Hs[1:, ...], zero)
+    cache = LSTMCache(
+        X, Hs, cs, tanh_cs, acts, tanhs, w_ih, w_hh, mask, b_ih is not None, b_hh is not None
+    )
+    return (output, Hs[T, ...], c), cache
+
+
+def lstm_backward(
+    grad: tuple[Array | None, Array | None, Array | None],
+    cache: LSTMCache,
+    /,
+    *,
+    truncate: int | None = None,
+) -> tuple[Array, Array, Array, Array, Array, Array | None, Array | None, None]:
+    r"""Backpropagation through time for :func:`lstm`.
+
+    Parameters
+    ----------
+    grad : (d_output, d_h_n, d_c_n)
+        Cotangents of the three outputs; any may be ``None``.
+    cache : LSTMCache
+    truncate : int, optional
+        Walk back through the last ``truncate`` steps only; see :func:`rnn_backward`.
+        ``d_h0`` and ``d_c0`` are zero when ``truncate < T``.
+
+    Returns
+    -------
+    (d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None)
+    """
+    op = "lstm_backward"
+    X, Hs, cs, tanh_cs, acts, tanhs, w_ih, w_hh, mask, has_b_ih, has_b_hh = cache
+    dout, dh_n, dc_n = _unpack_grads(op, grad, 3)
+    xp = get_namespace(dout, dh_n, dc_n, Hs, op=op, names=("d_output", "d_h_n", "d_c_n", "cache"))
+    T, N, H = (int(s) for s in Hs.shape)
+    T -= 1
+    dims = _Dims(T, N, int(X.shape[1]), H)
+    k = _check_truncate(op, truncate, T)
+    s = T - k
+    zero = xp.zeros((), dtype=Hs.dtype, device=device(Hs))
+    deriv = _gate_vector(xp, _LSTM_DERIV, H, Hs)
+    if dout is not None and mask is not None:
+        dout = xp.where(mask, dout, zero)
+
+    def zeros() -> Array:
+        return xp.zeros((N, H), dtype=Hs.dtype, device=device(Hs))
+
+    dh = dh_n if dh_n is not None else zeros()
+    dc = dc_n if dc_n is not None else zeros()
+    dGs: list[Array] = [None] * k
+    for t in range(T - 1, s - 1, -1):
+        if dout is not None:
+            dh = dh + dout[t, ...]
+        if mask is None:
+            dh_t, dc_t = dh, dc
+        else:
+            m = mask[t, ...]
+            dh_t, dc_t = xp.where(m, dh, zero), xp.where(m, dc, zero)
+        A, tc = acts[t], tanh_cs[t]
+        i, f, g, o = A[:, :H], A[:, H : 2 * H], A[:, 2 * H : 3 * H], A[:, 3 * H :]
+        dc_t = dc_t + dh_t * o * (1 - tc * tc)
+        dA = xp.concat([dc_t * g, dc_t * cs[t], dc_t * i, dh_t * tc], axis=1)
+        tz = tanhs[t]
+        dG = dA * deriv * (1 - tz * tz)
+        dGs[t - s] = dG
+        if mask is None:
+            dh = dG @ w_hh
+            dc = dc_t * f
+        else:
+            dh = xp.where(m, dG @ w_hh, dh)
+            dc = xp.where(m, dc_t * f, dc)
+    dG_all = xp.reshape(_stack(xp, dGs, (0, N, 4 * H), Hs), (k * N, 4 * H))
+    H_prev = xp.reshape(Hs[:T, ...], (T * N, H))
+    dW_ih, dW_hh, db, dX = _weight_grads(xp, dG_all, X, H_prev, w_ih, dims, s)
+    if s:
+        dh, dc = zeros(), zeros()
+    return (
+        dX,
+        dh,
+        dc,
+        dW_ih,
+        dW_hh,
+        db if has_b_ih else None,
+        db if has_b_hh else None,
+        None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# GRU
+
+
+class GRUCache(NamedTuple):
+    X: Array  # input, (T·N, D)
+    Hs: Array  # h0, h_1, ..., h_T (carried), (T+1, N, H)
+    rzs: list[Array]  # [r, z] of each step, (N, 2H)
+    hns: list[Array]  # W_hn h_{t-1} + b_hn of each step, (N, H)
+    ns: list[Array]  # candidate n of each step, (N, H)
+    w_ih: Array
+    w_hh: Array
+    mask: Array | None
+    has_b_ih: bool
+    has_b_hh: bool
+
+
+def gru(
+    input: Array,
+    h0: Array,
+    w_ih: Array,
+    w_hh: Array,
+    b_ih: Array | None = None,
+    b_hh: Array | None = None,
+    lengths: Array | None = None,
+    /,
+) -> tuple[tuple[Array, Array], GRUCache]:
+    r"""GRU over a sequence (one layer of ``torch.nn.GRU``), gates in torch's order r, z, n.
+
+    .. math::
+        \begin{aligned}
+        r &= \sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}), \quad
+        z = \sigma(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz})\\
+        n &= \tanh(W_{in} x_t + b_{in} + r \odot (W_{hn} h_{t-1} + b_{hn}))\\
+        h_t &= (1 - z) \odot n + z \odot h_{t-1}
+        \end{aligned}
+
+    Parameters
+    ----------
+    input : array, shape (T, N, D)
+    h0 : array, shape (N, H)
+    w_ih : array, shape (3H, D)
+    w_hh : array, shape (3H, H)
+    b_ih, b_hh : arrays, shape (3H,), optional
+    lengths : integer array, shape (N,), optional
+
+    Returns
+    -------
+    (output, h_n) : arrays, shapes (T, N, H), (N, H)
+    cache : GRUCache
+
+    Notes
+    -----
+    Backward (:func:`gru_backward`): :math:`\delta n = \delta h_t (1 - z)`,
+    :math:`\delta z = \delta h_t (h_{t-1} - n)`, :math:`\delta \tilde n = \delta n (1 - n^2)`,
+    :math:`\delta r = \delta \tilde n \odot (W_{hn} h_{t-1} + b_{hn})`, and
+    :math:`\delta h_{t-1} = \delta h_t\, z + W_{hh}^\top [\delta\tilde r, \delta\tilde z,
+    r \odot \delta\tilde n]`.
+    """
+    op = "gru"
+    xp, dims, mask = _check(op, 3, input, {"h0": h0}, w_ih, w_hh, b_ih, b_hh, lengths)
+    T, N, D, H = dims
+    # sigmoid(z) = ½ tanh(z/2) + ½: fold the ½ into the r and z rows of the weights.
+    scale = _gate_vector(xp, (0.5, 0.5, 1.0), H, input)
+    X = xp.reshape(input, (T * N, D))
+    XW = X @ (w_ih * scale[:, None]).T
+    # b_hr and b_hz join the input projection; b_hn stays inside r ⊙ (W_hn h + b_hn).
+    b = None
+    if b_ih is not None:
+        b = b_ih * scale
+    if b_hh is not None:
+        b_rz = b_hh * _gate_vector(xp, (0.5, 0.5, 0.0), H, input)
+        b = b_rz if b is None else b + b_rz
+    if b is not None:
+        XW = XW + b
+    b_hn = b_hh[2 * H :] if b_hh is not None else None
+    XW = xp.reshape(XW, (T, N, 3 * H))
+    W_hhT = (w_hh * scale[:, None]).T
+    h = h0
+    hs, rzs, hns, ns = [h0], [], [], []
+    for t in range(T):
+        xw = XW[t, ...]
+        hw = h @ W_hhT
+        rz = xp.tanh(xw[:, : 2 * H] + hw[:, : 2 * H]) * 0.5 + 0.5
+        r, z = rz[:, :H], rz[:, H:]
+        hn = hw[:, 2 * H :] if b_hn is None else hw[:, 2 * H :] + b_hn
+        n = xp.tanh(xw[:, 2 * H :] + r * hn)
+        h_new = n + z * (h - n)
+        h = h_new if mask is None else xp.where(mask[t, ...], h_new, h)
+        hs.append(h)
+        rzs.append(rz)
+        hns.append(hn)
+        ns.append(n)
+    Hs = xp.stack(hs, axis=0)
+    zero = xp.zeros((), dtype=input.dtype, device=device(input))
+    output = Hs[1:, ...] if mask is None else xp.where(mask, Hs[1:, ...], zero)
+    cache = GRUCache(X, Hs, rzs, hns, ns, w_ih, w_hh, mask, b_ih is not None, b_hh is not None)
+    return (output, Hs[T, ...]), cache
+
+
+def gru_backward(
+    grad: tuple[Array | None, Array | None], cache: GRUCache, /, *, truncate: int | None = None
+) -> tuple[Array, Array, Array, Array, Array | None, Array | None, None]:
+    r"""Backpropagation through time for :func:`gru`.
+
+    Parameters
+    ----------
+    grad : (d_output, d_h_n)
+        Either may be ``None``.
+    cache : GRUCache
+    truncate : int, optional
+        Walk back through the last ``truncate`` steps only; see :func:`rnn_backward`.
+
+    Returns
+    -------
+    (d_input, d_h0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None)
+    """
+    op = "gru_backward"
+    X, Hs, rzs, hns, ns, w_ih, w_hh, mask, has_b_ih, has_b_hh = cache
+    dout, dh_n = _unpack_grads(op, grad, 2)
+    xp = get_namespace(dout, dh_n, Hs, op=op, names=("d_output", "d_h_n", "cache"))
+    T, N, H = (int(s) for s in Hs.shape)
+    T -= 1
+    D = int(X.shape[1])
+    k = _check_truncate(op, truncate, T)
+    s = T - k
+    zero = xp.zeros((), dtype=Hs.dtype, device=device(Hs))
+    if dout is not None and mask is not None:
+        dout = xp.where(mask, dout, zero)
+    dh = dh_n if dh_n is not None else xp.zeros((N, H), dtype=Hs.dtype, device=device(Hs))
+    dGis: list[Array] = [None] * k
+    dGhs: list[Array] = [None] * k
+    for t in range(T - 1, s - 1, -1):
+        if dout is not None:
+            dh = dh + dout[t, ...]
+        dh_t = dh if mask is None else xp.where(mask[t, ...], dh, zero)
+        rz, hn, n = rzs[t], hns[t], ns[t]
+        r, z = rz[:, :H], rz[:, H:]
+        dn = dh_t * (1 - z) * (1 - n * n)
+        drz = xp.concat([dn * hn, dh_t * (Hs[t, ...] - n)], axis=1) * (rz * (1 - rz))
+        dGis[t - s] = xp.concat([drz, dn], axis=1)
+        dGh = xp.concat([drz, dn * r], axis=1)
+        dGhs[t - s] = dGh
+        dh_prev = dGh @ w_hh + dh_t * z
+        dh = dh_prev if mask is None else xp.where(mask[t, ...], dh_prev, dh)
+    dGi = xp.reshape(_stack(xp, dGis, (0, N, 3 * H), Hs), (k * N, 3 * H))
+    dGh_all = xp.reshape(_stack(xp, dGhs, (0, N, 3 * H), Hs), (k * N, 3 * H))
+    H_prev = xp.reshape(Hs[:T, ...], (T * N, H))
+    dW_ih = dGi.T @ X[s * N :, ...]
+    dW_hh = dGh_all.T @ H_prev[s * N :, ...]
+    dX = xp.reshape(dGi @ w_ih, (k, N, D))
+    if s:
+        dX = xp.concat([xp.zeros((s, N, D), dtype=dX.dtype, device=device(dX)), dX], axis=0)
+        dh = xp.zeros((N, H), dtype=Hs.dtype, device=device(Hs))
+    return (
+        dX,
+        dh,
+        dW_ih,
+        dW_hh,
+        xp.sum(dGi, axis=0) if has_b_ih else None,
+        xp.sum(dGh_all, axis=0) if has_b_hh else None,
+        None,
+    )
