@@ -1,0 +1,246 @@
+"""Checkpoints in the safetensors format: a JSON header and raw little-endian tensor bytes.
+
+Loading runs no code (no pickle anywhere): the file is read as bytes, its header is checked
+field by field before any tensor is built, and every problem is a :class:`CheckpointError`
+naming the file. Save → load is bit-exact.
+
+Layout (https://github.com/huggingface/safetensors)::
+
+    8 bytes   N, the header length (unsigned little-endian 64-bit)
+    N bytes   JSON: {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]},
+                     ..., "__metadata__": {"str": "str"}}
+    rest      the tensors' bytes; offsets are relative to the end of the header
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .backend import namespace, to_namespace, to_numpy
+
+__all__ = ["CheckpointError", "load", "read_metadata", "save"]
+
+Array = Any
+
+# The header is JSON text for names, dtypes and shapes: far below this even for huge models.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_CODES = {dt.newbyteorder("="): code for code, dt in _DTYPES.items()}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is truncated, corrupt or not a safetensors file."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str):
+        self.path, self.problem = os.fspath(path), problem
+        super().__init__(f"checkpoint {self.path!r}: {problem}")
+
+
+def _state_dict(model_or_state_dict: Any) -> Mapping[str, Array]:
+    if hasattr(model_or_state_dict, "state_dict"):
+        return model_or_state_dict.state_dict()
+    if isinstance(model_or_state_dict, Mapping):
+        return model_or_state_dict
+    raise TypeError(
+        f"save: expected a Module or a mapping of names to arrays, got "
+        f"{type(model_or_state_dict).__name__}"
+    )
+
+
+def save(
+    path: str | os.PathLike[str],
+    model_or_state_dict: Any,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write a model's ``state_dict()`` (or a mapping name → array, any library) to ``path``.
+
+    Arrays are copied to the host once. ``metadata`` is a small mapping of strings stored in
+    the header (read it back with :func:`read_metadata`). The file is written to a temporary
+    name in the same folder and renamed, so an interrupted save never leaves a torn file.
+    """
+    from safetensors.numpy import save as st_save
+
+    state = _state_dict(model_or_state_dict)
+    tensors: dict[str, np.ndarray] = {}
+    for name, a in state.items():
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            raise ValueError(f"save: invalid tensor name {name!r}")
+        host = np.ascontiguousarray(to_numpy(a))
+        if host.dtype.newbyteorder("=") not in _CODES:
+            raise TypeError(f"save: tensor {name!r} has unsupported dtype {host.dtype}")
+        tensors[name] = host
+    meta = None
+    if metadata is not None:
+        meta = {}
+        for k, v in metadata.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError(
+                    f"save: metadata must map str to str, got {k!r}: {type(v).__name__} "
+                    f"(encode other values, e.g. with json.dumps)"
+                )
+            meta[k] = v
+    data = st_save(tensors, metadata=meta)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memoryview]:
+    """Validated header and the data section of the file at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from e
+    if len(raw) < 8:
+        raise CheckpointError(
+            path, f"truncated: {len(raw)} bytes, shorter than the 8-byte header length"
+        )
+    (n,) = struct.unpack("<Q", raw[:8])
+    if n > MAX_HEADER_BYTES:
+        raise CheckpointError(
+            path, f"header length {n} bytes exceeds the {MAX_HEADER_BYTES}-byte limit (corrupt?)"
+        )
+    if 8 + n > len(raw):
+        raise CheckpointError(
+            path, f"truncated: header says {n} bytes but only {len(raw) - 8} follow"
+        )
+    try:
+        header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(path, f"header is not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(path, f"header is a JSON {type(header).__name__}, not an object")
+    data = memoryview(raw)[8 + n :]
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in info.items()
+            ):
+                raise CheckpointError(path, "'__metadata__' must map strings to strings")
+            continue
+        where = f"tensor {name!r}"
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise CheckpointError(
+                path, f"{where}: expected keys dtype, shape, data_offsets, got {info!r}"
+            )
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in _DTYPES:
+            raise CheckpointError(
+                path, f"{where}: unsupported dtype {dtype!r} (expected one of {sorted(_DTYPES)})"
+            )
+        if not isinstance(shape, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+        ):
+            raise CheckpointError(
+                path, f"{where}: shape must be a list of sizes >= 0, got {shape!r}"
+            )
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        ):
+            raise CheckpointError(
+                path, f"{where}: data_offsets must be [begin, end] integers, got {offsets!r}"
+            )
+        begin, end = offsets
+        if not 0 <= begin <= end <= len(data):
+            raise CheckpointError(
+                path,
+                f"{where}: data_offsets [{begin}, {end}] outside the {len(data)}-byte data "
+                f"section (truncated or corrupt)",
+            )
+        expected = math.prod(shape) * _DTYPES[dtype].itemsize
+        if end - begin != expected:
+            raise CheckpointError(
+                path,
+                f"{where}: {end - begin} bytes for dtype {dtype} and shape {shape}, which "
+                f"need {expected}",
+            )
+        spans.append((begin, end, name))
+    spans.sort()
+    position = 0
+    for begin, end, name in spans:
+        if begin < position:
+            raise CheckpointError(path, f"tensor {name!r}: its bytes overlap another tensor's")
+        if begin > position:
+            raise CheckpointError(path, f"tensor {name!r}: unexplained bytes before its data")
+        position = end
+    if position != len(data):
+        raise CheckpointError(
+            path, f"{len(data) - position} bytes after the last tensor (corrupt or appended)"
+        )
+    return header, data
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``metadata`` a checkpoint was saved with (empty if none)."""
+    header, _ = _read(path)
+    return dict(header.get("__metadata__", {}))
+
+
+def load(
+    path: str | os.PathLike[str],
+    backend: str | ModuleType | None = None,
+    device: Any = None,
+) -> dict[str, Array]:
+    """Read a safetensors checkpoint: name → array, in the file's order.
+
+    NumPy arrays by default; with ``backend`` (a name or namespace) and ``device`` the arrays
+    are moved there. Pass the result to ``model.load_state_dict``.
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, truncated, or its header is corrupt or hostile: absurd header
+        length, non-JSON, unknown dtype, offsets out of range or overlapping, sizes that do
+        not match the shape.
+    """
+    header, data = _read(path)
+    out: dict[str, Array] = {}
+    names = [k for k in header if k != "__metadata__"]
+    for name in names:
+        info = header[name]
+        begin, end = info["data_offsets"]
+        dt = _DTYPES[info["dtype"]]
+        host = np.frombuffer(data[begin:end], dtype=dt).reshape(info["shape"])
+        host = host.astype(dt.newbyteorder("="), copy=True)  # own, writable, native order
+        out[name] = host
+    if backend is not None or device is not None:
+        xp = namespace(backend) if isinstance(backend, str) else backend
+        if xp is None:
+            xp = namespace("numpy")
+        out = {k: to_namespace(v, xp, device) for k, v in out.items()}
+    return out

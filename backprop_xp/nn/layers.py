@@ -1,0 +1,253 @@
+"""Linear, Flatten, Dropout and the elementwise activation layers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import functional as F
+from ..backend import device, get_namespace, random_uniform
+from .init import RNG, kaiming_uniform, resolve_rng, uniform
+from .module import Backprop, Module, Parameter, once
+
+__all__ = [
+    "ELU",
+    "Dropout",
+    "Flatten",
+    "Identity",
+    "LeakyReLU",
+    "Linear",
+    "ReLU",
+    "Sigmoid",
+    "Softplus",
+    "Tanh",
+]
+
+Array = Any
+
+
+class Linear(Module):
+    r""":math:`y = x W^\top + b` (``F.linear``), torch's ``nn.Linear``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool
+    rng : int, numpy.random.Generator or None
+        Seed of the initial weights (see :mod:`backprop_xp.nn.init`).
+    dtype : str
+        Parameter dtype, ``"float32"`` (default) or ``"float64"``.
+
+    Attributes
+    ----------
+    weight : Parameter, shape (out_features, in_features)
+        Initialized :math:`U(-1/\sqrt{\text{in}}, 1/\sqrt{\text{in}})` (torch's
+        ``kaiming_uniform_(a=√5)``).
+    bias : Parameter, shape (out_features,), or None
+        Initialized :math:`U(-1/\sqrt{\text{in}}, 1/\sqrt{\text{in}})`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> layer = Linear(4, 3, rng=0)
+    >>> y, backprop = layer(np.ones((2, 4), dtype=np.float32))
+    >>> dx = backprop(np.ones_like(y))      # layer.weight.grad, layer.bias.grad now set
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        rng: RNG = None,
+        dtype: str = "float32",
+    ):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        gen = resolve_rng(rng)
+        self.weight = Parameter(
+            kaiming_uniform(gen, (out_features, in_features), in_features, dtype=dtype)
+        )
+        bound = 1 / math.sqrt(in_features) if in_features > 0 else 0.0
+        self.register_parameter(
+            "bias", Parameter(uniform(gen, (out_features,), bound, dtype)) if bias else None
+        )
+
+    def forward(self, x: Array) -> tuple[Array, Backprop]:
+        weight, bias = self.weight, self.bias
+        y, cache = F.linear(x, weight.data, None if bias is None else bias.data)
+
+        def backprop(dy: Array) -> Array:
+            dx, dW, db = F.linear_backward(dy, cache)
+            weight.accumulate(dW)
+            if bias is not None:
+                bias.accumulate(db)
+            return dx
+
+        return y, once("Linear", backprop)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )
+
+
+class _Elementwise(Module):
+    """A parameter-free layer over one functional op ``F.<op>`` / ``F.<op>_backward``."""
+
+    _op: str = ""
+
+    def _options(self) -> dict[str, Any]:
+        return {}
+
+    def forward(self, x: Array) -> tuple[Array, Backprop]:
+        y, cache = getattr(F, self._op)(x, **self._options())
+        backward = getattr(F, self._op + "_backward")
+
+        def backprop(dy: Array) -> Array:
+            return backward(dy, cache)[0]
+
+        return y, once(type(self).__name__, backprop)
+
+
+class ReLU(_Elementwise):
+    """``F.relu``."""
+
+    _op = "relu"
+
+
+class Tanh(_Elementwise):
+    """``F.tanh``."""
+
+    _op = "tanh"
+
+
+class Sigmoid(_Elementwise):
+    """``F.sigmoid``."""
+
+    _op = "sigmoid"
+
+
+class LeakyReLU(_Elementwise):
+    """``F.leaky_relu(x, negative_slope)``."""
+
+    _op = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def _options(self) -> dict[str, Any]:
+        return {"negative_slope": self.negative_slope}
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class ELU(_Elementwise):
+    """``F.elu(x, alpha)``."""
+
+    _op = "elu"
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        self.alpha = alpha
+
+    def _options(self) -> dict[str, Any]:
+        return {"alpha": self.alpha}
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class Softplus(_Elementwise):
+    """``F.softplus(x, beta, threshold)``."""
+
+    _op = "softplus"
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0):
+        super().__init__()
+        self.beta, self.threshold = beta, threshold
+
+    def _options(self) -> dict[str, Any]:
+        return {"beta": self.beta, "threshold": self.threshold}
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, threshold={self.threshold}"
+
+
+class Identity(Module):
+    """Returns its input; the backprop returns its gradient."""
+
+    def forward(self, x: Array) -> tuple[Array, Backprop]:
+        return x, once("Identity", lambda dy: dy)
+
+
+class Flatten(Module):
+    """Merge axes ``start_axis..end_axis`` into one (torch's ``nn.Flatten``, ``dim`` → ``axis``)."""
+
+    def __init__(self, start_axis: int = 1, end_axis: int = -1):
+        super().__init__()
+        self.start_axis, self.end_axis = start_axis, end_axis
+
+    def forward(self, x: Array) -> tuple[Array, Backprop]:
+        if hasattr(F, "flatten"):
+            y, cache = F.flatten(x, start_axis=self.start_axis, end_axis=self.end_axis)
+
+            def backprop(dy: Array) -> Array:
+                return F.flatten_backward(dy, cache)[0]
+
+            return y, once("Flatten", backprop)
+        xp = get_namespace(x)
+        shape = tuple(x.shape)
+        s, e = self.start_axis % len(shape), self.end_axis % len(shape)
+        new = (*shape[:s], math.prod(shape[s : e + 1]), *shape[e + 1 :])
+        return xp.reshape(x, new), once("Flatten", lambda dy: xp.reshape(dy, shape))
+
+    def extra_repr(self) -> str:
+        return f"start_axis={self.start_axis}, end_axis={self.end_axis}"
+
+
+class Dropout(Module):
+    r"""Zero each element with probability ``p`` in training, scale the rest by :math:`1/(1-p)`.
+
+    In eval mode (``.eval()``) or with ``p = 0`` it is the identity. The mask is drawn by the
+    backend's own generator (:func:`backprop_xp.backend.random_uniform`, no host round trip).
+    With ``rng=<int>`` call ``k`` uses the seed derived from ``(rng, k)``: reproducible runs,
+    a fresh mask per call; with ``rng=None`` the backend's default randomness.
+    """
+
+    def __init__(self, p: float = 0.5, *, rng: int | None = None):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: argument 'p' expected a probability in [0, 1], got {p}")
+        if rng is not None and (not isinstance(rng, (int, np.integer)) or isinstance(rng, bool)):
+            raise TypeError(f"Dropout: argument 'rng' expected an int seed or None, got {rng!r}")
+        self.p = p
+        self._seed = rng
+        self._calls = 0
+
+    def forward(self, x: Array) -> tuple[Array, Backprop]:
+        if not self.training or self.p == 0.0:
+            return x, once("Dropout", lambda dy: dy)
+        xp = get_namespace(x)
+        seed = None
+        if self._seed is not None:
+            seed = int(np.random.SeedSequence([self._seed, self._calls]).generate_state(1)[0])
+        self._calls += 1
+        u = random_uniform(xp, tuple(x.shape), dtype=x.dtype, device=device(x), seed=seed)
+        scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
+        # the kept-and-scaled mask is the whole cache: dx = dy * mask
+        mask = xp.where(u >= self.p, xp.full_like(x, scale), xp.zeros_like(x))
+
+        def backprop(dy: Array) -> Array:
+            return dy * mask
+
+        return x * mask, once("Dropout", backprop)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

@@ -1,0 +1,322 @@
+"""Parameters, the layer base class and Sequential.
+
+A layer's forward returns its output and a ``backprop`` closure (Thinc's model)::
+
+    y, backprop = layer(x)
+    dx = backprop(dy)        # adds into every parameter's .grad, returns the input gradient
+
+Each call builds its own closure holding its own cache, so a layer called twice before the
+backward (shared weights, two inputs) gets both gradients added into ``.grad``. A closure
+runs once; running it again raises instead of adding the same gradient twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from types import ModuleType
+from typing import Any
+
+from ..backend import device as device_of
+from ..backend import get_namespace, library_name, namespace, to_namespace
+
+__all__ = ["Module", "Parameter", "Sequential", "StateDictError"]
+
+Array = Any
+Backprop = Callable[..., Any]
+
+
+class Parameter:
+    """A trainable array and its accumulated gradient.
+
+    Attributes
+    ----------
+    data : array
+        The value. Optimizers rebind it (``p.data = p.data - lr * g``), never write in place,
+        so immutable arrays work too.
+    grad : array or None
+        Sum of the gradients of every backprop run since the last ``zero_grad()``.
+    """
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data: Array):
+        self.data = data
+        self.grad: Array | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> Any:
+        return self.data.dtype
+
+    def accumulate(self, g: Array | None) -> None:
+        """Add ``g`` into ``.grad`` (rebinding, so it works on immutable arrays)."""
+        if g is None:
+            return
+        if library_name(g) != library_name(self.data):
+            raise RuntimeError(
+                f"Parameter: gradient is a {library_name(g)} array but the parameter is a "
+                f"{library_name(self.data)} array; was the model moved (.to) between the "
+                f"forward and the backward?"
+            )
+        if tuple(g.shape) != self.shape:
+            raise RuntimeError(
+                f"Parameter: gradient of shape {tuple(g.shape)} for a parameter of shape "
+                f"{self.shape}"
+            )
+        self.grad = g if self.grad is None else self.grad + g
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}, lib={library_name(self.data)})"
+
+
+class StateDictError(ValueError):
+    """``load_state_dict`` found missing, unexpected or mismatched keys (all listed at once)."""
+
+    def __init__(
+        self,
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: list[str],
+    ):
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected)}")
+        if mismatched:
+            parts.append(f"mismatched: {'; '.join(mismatched)}")
+        super().__init__("load_state_dict: " + ". ".join(parts))
+
+
+def once(name: str, fn: Callable[..., Any]) -> Backprop:
+    """Wrap a backward closure so that a second run raises instead of double-counting."""
+    done = False
+
+    def backprop(*args: Any, **kwargs: Any) -> Any:
+        nonlocal done
+        if done:
+            raise RuntimeError(
+                f"{name}: this backprop was already run; run the forward again for a new one"
+            )
+        done = True
+        return fn(*args, **kwargs)
+
+    return backprop
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).rpartition(".")[2].removeprefix("dtype(").strip("')")
+
+
+class Module:
+    """Base class of layers: named parameters, children, train/eval, state dicts, ``to``.
+
+    Subclasses assign :class:`Parameter` and :class:`Module` attributes in ``__init__`` (they
+    are registered in assignment order, which fixes the ``state_dict`` key order) and
+    implement ``forward(...) -> (output, backprop)``.
+    """
+
+    training: bool
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        params: dict[str, Parameter | None] = self.__dict__.get("_parameters")  # type: ignore[assignment]
+        if params is None:
+            raise AttributeError(f"{type(self).__name__}: call Module.__init__() first")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_parameter(self, name: str, param: Parameter | None) -> None:
+        """Register ``param`` (``None`` reserves the name, like torch's ``bias=False``)."""
+        if param is None:
+            self._parameters[name] = None  # type: ignore[assignment]
+            object.__setattr__(self, name, None)
+        else:
+            setattr(self, name, param)
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[Any, Backprop]:
+        raise NotImplementedError
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, Backprop]:
+        return self.forward(*args, **kwargs)
+
+    # -- traversal ---------------------------------------------------------------------------
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        yield from self._modules.items()
+
+    def children(self) -> Iterator[Module]:
+        for _, m in self.named_children():
+            yield m
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """``(name, parameter)`` pairs with torch's dotted names (``"0.weight"``)."""
+        seen: set[int] = set()
+        for mod_prefix, m in self.named_modules(prefix):
+            for name, p in m._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mod_prefix}.{name}" if mod_prefix else name), p
+
+    def parameters(self) -> Iterator[Parameter]:
+        for _, p in self.named_parameters():
+            yield p
+
+    # -- modes and gradients -----------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        """Forget accumulated gradients (``grad = None``, torch's ``set_to_none=True``)."""
+        for p in self.parameters():
+            p.grad = None
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Array]:
+        """Name → array (the parameters' current arrays, not copies), torch's names and order."""
+        return {name: p.data for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Array], strict: bool = True) -> Module:
+        """Copy arrays from ``state_dict`` (any library: NumPy, torch, ...) into the parameters.
+
+        Arrays are moved to each parameter's library and device. Every missing, unexpected or
+        mismatched (shape or dtype) key is collected and reported in one
+        :class:`StateDictError`; nothing is loaded unless everything fits. ``strict=False``
+        tolerates missing and unexpected keys (mismatches still raise).
+        """
+        own = dict(self.named_parameters())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        mismatched = []
+        for k, p in own.items():
+            if k not in state_dict:
+                continue
+            v = state_dict[k]
+            shape = tuple(getattr(v, "shape", ()))
+            if shape != p.shape:
+                mismatched.append(f"{k}: shape {shape} in the state dict, {p.shape} in the model")
+            elif _dtype_name(v.dtype) != _dtype_name(p.dtype):
+                mismatched.append(
+                    f"{k}: dtype {_dtype_name(v.dtype)} in the state dict, "
+                    f"{_dtype_name(p.dtype)} in the model"
+                )
+        if mismatched or (strict and (missing or unexpected)):
+            raise StateDictError(missing, unexpected, mismatched)
+        for k, p in own.items():
+            if k in state_dict:
+                xp = get_namespace(p.data)
+                new = to_namespace(state_dict[k], xp, device_of(p.data))
+                # a fresh array, never a view into the caller's (or the file's) buffer
+                p.data = xp.asarray(new, copy=True)
+        return self
+
+    def to(
+        self,
+        backend: str | ModuleType | None = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> Module:
+        """Move every parameter (and gradient) to ``backend`` (a name or namespace) and
+        ``device``; optionally cast floating parameters to ``dtype`` (a name, e.g.
+        ``"float64"``, or a dtype of the target namespace). Returns ``self``.
+
+        The :class:`Parameter` objects stay the same, so an optimizer built before ``to``
+        still holds them; its state (momentum buffers) does not move, so build the optimizer
+        after moving the model.
+        """
+        for p in self.parameters():
+            xp = get_namespace(p.data)
+            if backend is not None:
+                xp = namespace(backend) if isinstance(backend, str) else backend
+            p.data = to_namespace(p.data, xp, device) if backend or device else p.data
+            if p.grad is not None and (backend or device):
+                p.grad = to_namespace(p.grad, xp, device)
+            if dtype is not None:
+                dt = getattr(xp, dtype) if isinstance(dtype, str) else dtype
+                p.data = xp.astype(p.data, dt)
+                if p.grad is not None:
+                    p.grad = xp.astype(p.grad, dt)
+        for m in self.modules():
+            m._moved(backend, device)
+        return self
+
+    def _moved(self, backend: Any, device: Any) -> None:
+        """Hook for layers holding non-parameter arrays (a loss's class weights)."""
+
+    # -- display -----------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, m in self._modules.items():
+            child = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child}")
+        if len(lines) == 1:
+            return lines[0] + ")"
+        return "\n".join(lines) + "\n)"
+
+
+class Sequential(Module):
+    """Layers run in order; the backprop runs their backprops in reverse.
+
+    Children are named ``"0"``, ``"1"``, ... so parameter names match torch's
+    ``nn.Sequential`` (``"0.weight"``).
+    """
+
+    def __init__(self, *layers: Module):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, not a Module")
+            setattr(self, str(i), layer)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def forward(self, x: Array) -> tuple[Array, Backprop]:
+        backprops = []
+        for layer in self._modules.values():
+            x, bp = layer(x)
+            backprops.append(bp)
+
+        def backprop(dy: Array) -> Array:
+            for bp in reversed(backprops):
+                dy = bp(dy)
+            return dy
+
+        return x, once("Sequential", backprop)

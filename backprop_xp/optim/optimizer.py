@@ -1,0 +1,172 @@
+"""SGD, Adam and AdamW with torch's update formulas, in Array API operations only.
+
+An optimizer holds :class:`~backprop_xp.nn.Parameter` objects and rebinds their ``.data``
+(``p.data = p.data - lr * update``): no in-place writes, no host round trips. The step count
+lives on the host as a Python int, so bias corrections cost no synchronization.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from ..backend import get_namespace
+from ..nn.module import Module, Parameter
+
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
+
+Array = Any
+
+
+class Optimizer:
+    """Base class: ``params`` (a Module or Parameters), ``lr``, ``step()``, ``zero_grad()``.
+
+    ``lr`` is a plain attribute that learning-rate schedules rewrite; ``initial_lr`` keeps
+    the value given at construction. Parameters whose ``.grad`` is None are skipped.
+    """
+
+    def __init__(self, params: Module | Iterable[Parameter], lr: float):
+        if isinstance(params, Module):
+            params = params.parameters()
+        self.params: list[Parameter] = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Parameter):
+                raise TypeError(
+                    f"{type(self).__name__}: item {i} of params is a {type(p).__name__}, "
+                    f"not a Parameter"
+                )
+        if lr < 0:
+            raise ValueError(f"{type(self).__name__}: invalid learning rate {lr}")
+        self.lr = lr
+        self.initial_lr = lr
+        self.state: dict[int, dict[str, Any]] = {}
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        for p in self.params:
+            if p.grad is not None:
+                self._update(p, self.state.setdefault(id(p), {}))
+
+    def _update(self, p: Parameter, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    r"""Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
+
+    .. math::
+        g &\leftarrow \nabla + \lambda \theta \\
+        b &\leftarrow \mu b + (1 - \tau) g \quad (b = g \text{ at the first step}) \\
+        g &\leftarrow g + \mu b \ \text{(nesterov)} \quad\text{or}\quad g \leftarrow b \\
+        \theta &\leftarrow \theta - \eta g
+
+    with weight decay :math:`\lambda`, momentum :math:`\mu`, dampening :math:`\tau`.
+    """
+
+    def __init__(
+        self,
+        params: Module | Iterable[Parameter],
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        maximize: bool = False,
+    ):
+        super().__init__(params, lr)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: nesterov momentum needs momentum > 0 and zero dampening")
+        self.momentum, self.dampening = momentum, dampening
+        self.weight_decay, self.nesterov, self.maximize = weight_decay, nesterov, maximize
+
+    def _update(self, p: Parameter, state: dict[str, Any]) -> None:
+        g = -p.grad if self.maximize else p.grad
+        if self.weight_decay:
+            g = g + self.weight_decay * p.data
+        if self.momentum:
+            buf = state.get("momentum_buffer")
+            buf = g if buf is None else self.momentum * buf + (1 - self.dampening) * g
+            state["momentum_buffer"] = buf
+            g = g + self.momentum * buf if self.nesterov else buf
+        p.data = p.data - self.lr * g
+
+
+class Adam(Optimizer):
+    r"""Adam, as ``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient).
+
+    .. math::
+        m &\leftarrow \beta_1 m + (1 - \beta_1) g, \qquad
+        v \leftarrow \beta_2 v + (1 - \beta_2) g^2 \\
+        \theta &\leftarrow \theta - \frac{\eta}{1 - \beta_1^t}
+            \frac{m}{\sqrt{v} / \sqrt{1 - \beta_2^t} + \epsilon}
+
+    ``amsgrad`` uses the running maximum of :math:`v` in the denominator.
+    """
+
+    _decoupled = False
+
+    def __init__(
+        self,
+        params: Module | Iterable[Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        maximize: bool = False,
+    ):
+        super().__init__(params, lr)
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"{type(self).__name__}: invalid betas {betas}")
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+        self.amsgrad, self.maximize = amsgrad, maximize
+
+    def _update(self, p: Parameter, state: dict[str, Any]) -> None:
+        xp = get_namespace(p.data)
+        g = -p.grad if self.maximize else p.grad
+        theta = p.data
+        if self.weight_decay:
+            if self._decoupled:
+                theta = theta * (1 - self.lr * self.weight_decay)
+            else:
+                g = g + self.weight_decay * theta
+        b1, b2 = self.betas
+        t = state["step"] = state.get("step", 0) + 1
+        m = state.get("exp_avg")
+        v = state.get("exp_avg_sq")
+        m = (1 - b1) * g if m is None else b1 * m + (1 - b1) * g
+        v = (1 - b2) * (g * g) if v is None else b2 * v + (1 - b2) * (g * g)
+        state["exp_avg"], state["exp_avg_sq"] = m, v
+        if self.amsgrad:
+            vmax = state.get("max_exp_avg_sq")
+            v = v if vmax is None else xp.maximum(vmax, v)
+            state["max_exp_avg_sq"] = v
+        step_size = self.lr / (1 - b1**t)
+        denom = xp.sqrt(v) / math.sqrt(1 - b2**t) + self.eps
+        p.data = theta - step_size * (m / denom)
+
+
+class AdamW(Adam):
+    r"""AdamW, as ``torch.optim.AdamW``: decoupled weight decay
+    :math:`\theta \leftarrow \theta (1 - \eta\lambda)` before the Adam step (default
+    :math:`\lambda = 0.01`)."""
+
+    _decoupled = True
+
+    def __init__(
+        self,
+        params: Module | Iterable[Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        maximize: bool = False,
+    ):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize)
