@@ -1,3 +1,325 @@
-"""(being written)"""
+r"""Convolution in 1, 2 and 3 spatial dimensions: one N-d implementation (im2col + GEMM).
 
-__all__: list[str] = []
+Notation
+--------
+- :math:`x` : input, shape ``(N, C_in, *S)``; :math:`W` : weight, shape
+  ``(C_out, C_in/G, *K)``; :math:`b` : bias, shape ``(C_out,)``; :math:`y` : output, shape
+  ``(N, C_out, *L)``. :math:`G` groups, stride :math:`s`, dilation :math:`d`, padding
+  :math:`p` (all per spatial axis).
+- :math:`\kappa` runs over the :math:`|K| = \prod K` kernel offsets, :math:`\ell` over the
+  :math:`|L|` output positions.
+
+Forward (cross-correlation, as torch):
+
+
+.. math::
+    y_{n,o,\ell} = b_o + \sum_{c,\kappa} W_{o,c,\kappa} \tilde x_{n,\,g(o)C_g+c,\,s\ell+d\kappa}
+
+with :math:`\tilde x` the zero-padded input.
+
+im2col gathers :math:`\tilde x_{n,c,s\ell+d\kappa}` into the matrix ``cols`` of shape
+``(C_in |K|, N |L|)`` (rows: channel-major, then kernel offset; columns: batch, then
+position), one strided slice of the padded input per kernel offset. Then per group
+``y = W @ cols`` (one GEMM), ``dW = dY @ cols^T`` (one GEMM) and ``dcols = W^T @ dY`` (one
+GEMM), and col2im adds each kernel offset's block of ``dcols`` back into a padded ``dx``.
+
+Batches are processed in chunks so that the ``cols`` and ``dcols`` buffers stay under a byte
+budget, :func:`set_conv_workspace_bytes` (default 64 MiB); each chunk is still one GEMM per
+direction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import array_api_extra as xpx
+
+from ..backend import device, get_namespace
+from ._validation import check_floating, shape_error
+from ._windows import Window, as_tuple, make_window, pad_spatial
+
+__all__ = [
+    "conv1d",
+    "conv1d_backward",
+    "conv2d",
+    "conv2d_backward",
+    "conv3d",
+    "conv3d_backward",
+    "get_conv_workspace_bytes",
+    "set_conv_workspace_bytes",
+]
+
+Array = Any
+
+_WORKSPACE = {"bytes": 64 * 2**20}
+
+
+def set_conv_workspace_bytes(nbytes: int) -> None:
+    """Bound the im2col workspace of the convolutions (default 64 MiB).
+
+    The forward builds ``cols`` and the backward ``cols`` and ``dcols``, each of
+    ``C_in * prod(kernel) * prod(out_spatial) * itemsize`` bytes per batch item; the batch is
+    split into chunks whose two buffers together fit ``nbytes`` (at least one item per
+    chunk). Larger budgets mean fewer, larger GEMMs; smaller ones less peak memory.
+    """
+    if int(nbytes) < 1:
+        raise shape_error("set_conv_workspace_bytes", "nbytes", "a positive int", nbytes)
+    _WORKSPACE["bytes"] = int(nbytes)
+
+
+def get_conv_workspace_bytes() -> int:
+    """The current im2col workspace budget in bytes (see :func:`set_conv_workspace_bytes`)."""
+    return _WORKSPACE["bytes"]
+
+
+class ConvCache(NamedTuple):
+    x: Array  # the input; the backward rebuilds cols chunk by chunk rather than keep them
+    weight: Array
+    has_bias: bool
+    win: Window
+    groups: int
+
+
+def _conv_nd(
+    op: str,
+    nd: int,
+    x: Array,
+    weight: Array,
+    bias: Array | None,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: int,
+) -> tuple[Array, ConvCache]:
+    xp = get_namespace(x, weight, bias, op=op, names=("x", "weight", "bias"))
+    for name, a in (("x", x), ("weight", weight), ("bias", bias)):
+        if a is not None:
+            check_floating(op, name, a, xp)
+    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        got = f"x {x.dtype}, weight {weight.dtype}" + (
+            f", bias {bias.dtype}" if bias is not None else ""
+        )
+        raise TypeError(f"{op}: arguments 'x', 'weight', 'bias' expected one dtype, got {got}")
+    if x.ndim != nd + 2:
+        raise shape_error(op, "x", f"a {nd + 2}-d array (N, C_in, *{nd} spatial)", tuple(x.shape))
+    if weight.ndim != nd + 2:
+        raise shape_error(
+            op, "weight", f"a {nd + 2}-d array (C_out, C_in/groups, *{nd} kernel)", weight.shape
+        )
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise shape_error(op, "groups", "a positive int", repr(groups))
+    c_in, c_out = x.shape[1], weight.shape[0]
+    if c_in % groups or c_out % groups:
+        raise shape_error(
+            op, "groups", "a divisor of C_in and C_out", f"{groups} with C_in={c_in}, C_out={c_out}"
+        )
+    if weight.shape[1] * groups != c_in:
+        raise shape_error(
+            op, "weight", f"shape[1] = C_in/groups = {c_in // groups}", f"shape {weight.shape}"
+        )
+    if c_out < 1 or any(k < 1 for k in weight.shape[2:]):
+        raise shape_error(op, "weight", "positive C_out and kernel sizes", tuple(weight.shape))
+    if bias is not None and tuple(bias.shape) != (c_out,):
+        raise shape_error(op, "bias", f"shape ({c_out},)", tuple(bias.shape))
+    kernel = tuple(weight.shape[2:])
+    stride = as_tuple(op, "stride", stride, nd, minimum=1)
+    dilation = as_tuple(op, "dilation", dilation, nd, minimum=1)
+    if isinstance(padding, str):
+        if padding == "valid":
+            lo = hi = (0,) * nd
+        elif padding == "same":
+            if any(s != 1 for s in stride):
+                raise shape_error(op, "padding", "'same' only with stride 1", f"stride {stride}")
+            total = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
+            lo = tuple(t // 2 for t in total)  # torch puts the odd element on the right
+            hi = tuple(t - t // 2 for t in total)
+        else:
+            raise shape_error(op, "padding", "an int, a tuple, 'valid' or 'same'", repr(padding))
+    else:
+        lo = hi = as_tuple(op, "padding", padding, nd, minimum=0)
+    win = make_window(op, tuple(x.shape[2:]), kernel, stride, dilation, lo, hi)
+
+    n = x.shape[0]
+    y = xp.empty((n, c_out, *win.out_size), dtype=x.dtype, device=device(x))
+    Wg = _weight_matrix(xp, weight, groups)
+    for a, b in _chunks(x, win, n_buffers=1):
+        cols = _im2col(xp, x[a:b, ...], win, groups)  # (G, C_g |K|, n |L|)
+        yc = xp.matmul(Wg, cols)  # (G, C_out/G, n |L|)
+        yc = xp.reshape(yc, (c_out, b - a, *win.out_size))
+        if bias is not None:
+            yc = yc + xp.reshape(bias, (c_out, 1, *(1,) * nd))
+        y = xpx.at(y, slice(a, b)).set(xp.permute_dims(yc, (1, 0, *range(2, nd + 2))))
+    return y, ConvCache(x, weight, bias is not None, win, groups)
+
+
+def _conv_nd_backward(dy: Array, cache: ConvCache, op: str) -> tuple[Array, Array, Array | None]:
+    x, weight, has_bias, win, groups = cache
+    xp = get_namespace(dy, x, op=op, names=("dy", "x"))
+    nd = len(win.in_size)
+    n, c_in = x.shape[0], x.shape[1]
+    c_out = weight.shape[0]
+    if tuple(dy.shape) != (n, c_out, *win.out_size):
+        raise shape_error(op, "dy", f"shape {(n, c_out, *win.out_size)}", tuple(dy.shape))
+    Wg = _weight_matrix(xp, weight, groups)  # (G, C_out/G, C_g |K|)
+    WgT = xp.permute_dims(Wg, (0, 2, 1))
+    dWg = xp.zeros(tuple(Wg.shape), dtype=x.dtype, device=device(x))
+    dx = xp.empty(tuple(x.shape), dtype=x.dtype, device=device(x))
+    spatial_perm = (1, 0, *range(2, nd + 2))
+    for a, b in _chunks(x, win, n_buffers=2):
+        cols = _im2col(xp, x[a:b, ...], win, groups)
+        dyc = xp.permute_dims(dy[a:b, ...], spatial_perm)  # (C_out, n, *L)
+        dyc = xp.reshape(dyc, (groups, c_out // groups, -1))
+        dWg = dWg + xp.matmul(dyc, xp.permute_dims(cols, (0, 2, 1)))
+        del cols
+        dcols = xp.matmul(WgT, dyc)  # (G, C_g |K|, n |L|)
+        dxc = _col2im(xp, dcols, win, c_in, b - a)  # (C_in, n, *S)
+        dx = xpx.at(dx, slice(a, b)).set(xp.permute_dims(dxc, spatial_perm))
+    dW = xp.reshape(dWg, tuple(weight.shape))
+    db = xp.sum(dy, axis=(0, *range(2, nd + 2))) if has_bias else None
+    return dx, dW, db
+
+
+def _weight_matrix(xp: ModuleType, weight: Array, groups: int) -> Array:
+    return xp.reshape(weight, (groups, weight.shape[0] // groups, -1))
+
+
+def _chunks(x: Array, win: Window, n_buffers: int) -> Iterator[tuple[int, int]]:
+    n = x.shape[0]
+    itemsize = 8 if "64" in str(x.dtype) else 4
+    per_item = x.shape[1] * win.n_offsets * _prod(win.out_size) * itemsize * n_buffers
+    step = max(1, _WORKSPACE["bytes"] // max(per_item, 1))
+    for a in range(0, n, step):
+        yield a, min(n, a + step)
+
+
+def _prod(t: tuple[int, ...]) -> int:
+    p = 1
+    for v in t:
+        p *= v
+    return p
+
+
+def _im2col(xp: ModuleType, x: Array, win: Window, groups: int) -> Array:
+    """``cols`` of shape ``(G, C_g |K|, n |L|)`` from ``x`` of shape ``(n, C, *S)``.
+
+    The input is transposed to ``(C, n, *S)`` while being padded (one input-sized copy), so
+    each kernel offset's strided slice is already a ``(C, n, *L)`` block and stacking them on
+    axis 1 writes ``cols`` in its final layout: the big buffer is written once, never
+    transposed.
+    """
+    nd = len(win.in_size)
+    xt = pad_spatial(xp, x, win, 0.0, perm=(1, 0, *range(2, nd + 2)))  # (C, n, *S_pad)
+    blocks = [xt[(..., *win.slices(k))] for k in win.offsets()]
+    cols = xp.stack(blocks, axis=1)  # (C, |K|, n, *L)
+    return xp.reshape(cols, (groups, -1, x.shape[0] * _prod(win.out_size)))
+
+
+def _col2im(xp: ModuleType, dcols: Array, win: Window, c_in: int, n: int) -> Array:
+    """Adjoint of :func:`_im2col`: ``dx`` of shape ``(C, n, *S)`` from ``dcols``.
+
+    Each kernel offset's ``(C, n, *L)`` block is added into its strided slice of a zero
+    padded buffer; slices of different offsets overlap where windows overlap, which is
+    exactly where the gradient contributions must add up.
+    """
+    blocks = xp.reshape(dcols, (c_in, win.n_offsets, n, *win.out_size))
+    buf = xp.zeros((c_in, n, *win.padded_size), dtype=dcols.dtype, device=device(dcols))
+    for j, k in enumerate(win.offsets()):
+        buf = xpx.at(buf, (..., *win.slices(k))).add(blocks[:, j, ...])
+    if win.has_padding:
+        buf = buf[(..., *win.interior())]
+    return buf
+
+
+_CONV_DOC = r"""{nd}-d convolution (cross-correlation), torch's ``conv{nd}d``.
+
+    .. math::
+        y_{{n,o,\ell}} = b_o + \sum_{{c,\kappa}} W_{{o,c,\kappa}}\,
+        \tilde x_{{n,\,g(o) C_g + c,\; s\ell + d\kappa}}
+
+    Parameters
+    ----------
+    x : array, shape (N, C_in, {spatial})
+    weight : array, shape (C_out, C_in/groups, {kernel})
+    bias : array, shape (C_out,), optional
+    stride, dilation : int or tuple of {nd} ints, positive
+    padding : int, tuple of {nd} ints, "valid" or "same"
+        Zeros added on both sides. "same" (stride 1 only) pads ``dilation*(kernel-1)`` in
+        total per axis, the odd element on the right, as torch.
+    groups : int
+        Input and output channels split into ``groups`` independent convolutions.
+
+    Returns
+    -------
+    y : array, shape (N, C_out, {out})
+    cache : ConvCache
+        Input, weight and geometry; the backward rebuilds im2col chunks from them.
+
+    Notes
+    -----
+    Backward (:func:`conv{nd}d_backward`) returns ``(dx, dweight, dbias)`` (``dbias`` None
+    without bias): :math:`\partial L/\partial W = \sum_{{n,\ell}} g_{{n,o,\ell}}\,
+    \tilde x_{{n,c,s\ell+d\kappa}}` (tied weights: one term per output position),
+    :math:`\partial L/\partial b_o = \sum_{{n,\ell}} g_{{n,o,\ell}}`, and
+    :math:`\partial L/\partial x` adds :math:`W_{{o,c,\kappa}} g_{{n,o,\ell}}` at every input
+    position :math:`s\ell + d\kappa - p` that fed output :math:`\ell`.
+    """
+
+
+def conv1d(
+    x: Array,
+    weight: Array,
+    bias: Array | None = None,
+    stride: int | tuple[int] = 1,
+    padding: int | tuple[int] | str = 0,
+    dilation: int | tuple[int] = 1,
+    groups: int = 1,
+) -> tuple[Array, ConvCache]:
+    return _conv_nd("conv1d", 1, x, weight, bias, stride, padding, dilation, groups)
+
+
+def conv1d_backward(dy: Array, cache: ConvCache, /) -> tuple[Array, Array, Array | None]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`conv1d`; ``dbias`` is None without bias."""
+    return _conv_nd_backward(dy, cache, "conv1d_backward")
+
+
+def conv2d(
+    x: Array,
+    weight: Array,
+    bias: Array | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> tuple[Array, ConvCache]:
+    return _conv_nd("conv2d", 2, x, weight, bias, stride, padding, dilation, groups)
+
+
+def conv2d_backward(dy: Array, cache: ConvCache, /) -> tuple[Array, Array, Array | None]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d`; ``dbias`` is None without bias."""
+    return _conv_nd_backward(dy, cache, "conv2d_backward")
+
+
+def conv3d(
+    x: Array,
+    weight: Array,
+    bias: Array | None = None,
+    stride: int | tuple[int, int, int] = 1,
+    padding: int | tuple[int, int, int] | str = 0,
+    dilation: int | tuple[int, int, int] = 1,
+    groups: int = 1,
+) -> tuple[Array, ConvCache]:
+    return _conv_nd("conv3d", 3, x, weight, bias, stride, padding, dilation, groups)
+
+
+def conv3d_backward(dy: Array, cache: ConvCache, /) -> tuple[Array, Array, Array | None]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`conv3d`; ``dbias`` is None without bias."""
+    return _conv_nd_backward(dy, cache, "conv3d_backward")
+
+
+conv1d.__doc__ = _CONV_DOC.format(nd=1, spatial="W", kernel="kW", out="W_out")
+conv2d.__doc__ = _CONV_DOC.format(nd=2, spatial="H, W", kernel="kH, kW", out="H_out, W_out")
+conv3d.__doc__ = _CONV_DOC.format(
+    nd=3, spatial="D, H, W", kernel="kD, kH, kW", out="D_out, H_out, W_out"
+)

@@ -1,3 +1,515 @@
-"""(being written)"""
+r"""Max and average pooling in 1, 2 and 3 spatial dimensions, global average pooling, flatten.
 
-__all__: list[str] = []
+Notation
+--------
+- :math:`x` : input, shape ``(N, C, *S)`` (or unbatched ``(C, *S)``); :math:`y` : output,
+  shape ``(N, C, *L)``; :math:`g = \partial L/\partial y`.
+- Window :math:`\ell` covers the padded positions :math:`s\ell + d\kappa` for the kernel
+  offsets :math:`\kappa` (row-major order, last axis fastest); :math:`|K|` offsets in all.
+
+Each op loops over the :math:`|K|` kernel offsets only: one strided slice of the padded input
+holds the element under offset :math:`\kappa` of every window at once, so each step is a
+handful of whole-array compare/select/add operations.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import array_api_extra as xpx
+
+from ..backend import device, get_namespace
+from ._validation import check_floating, shape_error
+from ._windows import Window, as_tuple, make_window, pad_spatial
+
+__all__ = [
+    "avg_pool1d",
+    "avg_pool1d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "avg_pool3d",
+    "avg_pool3d_backward",
+    "flatten",
+    "flatten_backward",
+    "global_avg_pool",
+    "global_avg_pool_backward",
+    "max_pool1d",
+    "max_pool1d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "max_pool3d",
+    "max_pool3d_backward",
+]
+
+Array = Any
+
+
+def _prepare(
+    op: str, nd: int, x: Array, kernel_size: Any, stride: Any, padding: Any, dilation: Any
+) -> tuple[
+    ModuleType, Array, bool, tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]
+]:
+    xp = get_namespace(x, op=op, names=("x",))
+    check_floating(op, "x", x, xp)
+    if x.ndim not in (nd + 1, nd + 2):
+        raise shape_error(
+            op, "x", f"a {nd + 2}-d (N, C, *S) or {nd + 1}-d (C, *S) array", tuple(x.shape)
+        )
+    unbatched = x.ndim == nd + 1
+    if unbatched:
+        x = x[None, ...]
+    kernel = as_tuple(op, "kernel_size", kernel_size, nd, minimum=1)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        stride = kernel  # torch's default: non-overlapping windows
+    stride = as_tuple(op, "stride", stride, nd, minimum=1)
+    pad = as_tuple(op, "padding", padding, nd, minimum=0)
+    dil = as_tuple(op, "dilation", dilation, nd, minimum=1)
+    return xp, x, unbatched, kernel, stride, pad, dil
+
+
+def _check_half_kernel(op: str, pad: tuple[int, ...], extent: tuple[int, ...]) -> None:
+    # torch's rule: a window must never lie entirely in the padding
+    if any(2 * p > e for p, e in zip(pad, extent, strict=True)):
+        raise shape_error(
+            op, "padding", f"at most half the (effective) kernel size {extent}", f"{pad}"
+        )
+
+
+def _index_dtype(xp: ModuleType, n: int) -> Any:
+    if n <= 127:
+        return xp.int8
+    return xp.int16 if n <= 32767 else xp.int32
+
+
+def _unbatch(a: Array, unbatched: bool) -> Array:
+    return a[0, ...] if unbatched else a
+
+
+def _batch(xp: ModuleType, dy: Array, unbatched: bool, nd: int, op: str) -> Array:
+    if unbatched:
+        if dy.ndim != nd + 1:
+            raise shape_error(op, "dy", f"a {nd + 1}-d array", tuple(dy.shape))
+        return dy[None, ...]
+    return dy
+
+
+# --------------------------------------------------------------------------- max pooling
+
+
+class MaxPoolCache(NamedTuple):
+    argmax: Array  # offset index (window order) of each window's maximum, shape of y
+    x_shape: tuple[int, ...]
+    win: Window
+    unbatched: bool
+
+
+def _max_pool_nd(
+    op: str,
+    nd: int,
+    x: Array,
+    kernel_size: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    ceil_mode: bool,
+) -> tuple[Array, MaxPoolCache]:
+    xp, x, unbatched, kernel, stride, pad, dil = _prepare(
+        op, nd, x, kernel_size, stride, padding, dilation
+    )
+    _check_half_kernel(op, pad, tuple(d * (k - 1) + 1 for k, d in zip(kernel, dil, strict=True)))
+    win = make_window(
+        op,
+        tuple(x.shape[2:]),
+        kernel,
+        stride,
+        dil,
+        pad,
+        pad,
+        ceil_mode=ceil_mode,
+        kernel_name="kernel_size",
+    )
+    xpad = pad_spatial(xp, x, win, -math.inf)
+    idt = _index_dtype(xp, win.n_offsets)
+    dev = device(x)
+    y = idx = None
+    for j, k in enumerate(win.offsets()):
+        v = xpad[(..., *win.slices(k))]
+        if j == 0:
+            y = xp.asarray(v, copy=True)
+            idx = xp.zeros(tuple(v.shape), dtype=idt, device=dev)
+            continue
+        # Strictly greater: ties keep the earliest offset on every backend. A NaN always
+        # wins and then stays (nothing compares greater than NaN), so NaN propagates.
+        take = (v > y) | xp.isnan(v)
+        y = xp.where(take, v, y)
+        idx = xp.where(take, xp.asarray(j, dtype=idt, device=dev), idx)
+    return _unbatch(y, unbatched), MaxPoolCache(idx, tuple(x.shape), win, unbatched)
+
+
+def _max_pool_nd_backward(dy: Array, cache: MaxPoolCache, op: str) -> tuple[Array]:
+    idx, x_shape, win, unbatched = cache
+    xp = get_namespace(dy, idx, op=op, names=("dy", "argmax"))
+    dy = _batch(xp, dy, unbatched, len(win.in_size), op)
+    if tuple(dy.shape) != tuple(idx.shape):
+        raise shape_error(op, "dy", f"shape {tuple(idx.shape)}", tuple(dy.shape))
+    dev = device(dy)
+    zero = xp.zeros((), dtype=dy.dtype, device=dev)
+    dx = xp.zeros((*x_shape[:2], *win.padded_size), dtype=dy.dtype, device=dev)
+    for j, k in enumerate(win.offsets()):
+        routed = xp.where(idx == xp.asarray(j, dtype=idx.dtype, device=dev), dy, zero)
+        dx = xpx.at(dx, (..., *win.slices(k))).add(routed)
+    if win.has_padding:
+        dx = dx[(..., *win.interior())]
+    return (_unbatch(dx, unbatched),)
+
+
+_MAX_DOC = r"""{nd}-d max pooling, torch's ``max_pool{nd}d``.
+
+    .. math:: y_\ell = \max_\kappa \tilde x_{{s\ell + d\kappa}}
+
+
+    The padding is :math:`-\infty`, so it never wins. The forward records, per window, the
+    kernel offset of its maximum; ties go to the first offset in window order (row-major,
+    last axis fastest) on every backend, and a NaN in a window makes the output NaN.
+
+    Parameters
+    ----------
+    x : array, shape (N, C, {spatial}) or (C, {spatial})
+    kernel_size : int or tuple of {nd} ints
+    stride : int or tuple of {nd} ints, optional
+        Default ``kernel_size``.
+    padding : int or tuple of {nd} ints
+        At most half the effective kernel size (as torch).
+    dilation : int or tuple of {nd} ints
+    ceil_mode : bool
+        Round the output size up (a last, partial window), as torch.
+
+    Returns
+    -------
+    y : array, shape (N, C, {out})
+    cache : MaxPoolCache
+        The argmax (small integer offsets) and the geometry.
+
+    Notes
+    -----
+    Backward (:func:`max_pool{nd}d_backward`) returns ``(dx,)``: each :math:`g_\ell` goes to
+    the input element that won window :math:`\ell`; an element that wins several
+    overlapping windows receives the sum.
+    """
+
+
+def max_pool1d(
+    x: Array,
+    kernel_size: int | tuple[int],
+    stride: int | tuple[int] | None = None,
+    padding: int | tuple[int] = 0,
+    dilation: int | tuple[int] = 1,
+    ceil_mode: bool = False,
+) -> tuple[Array, MaxPoolCache]:
+    return _max_pool_nd("max_pool1d", 1, x, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def max_pool1d_backward(dy: Array, cache: MaxPoolCache, /) -> tuple[Array]:
+    """Gradient ``(dx,)`` of :func:`max_pool1d`: ``dy`` routed to each window's argmax."""
+    return _max_pool_nd_backward(dy, cache, "max_pool1d_backward")
+
+
+def max_pool2d(
+    x: Array,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    ceil_mode: bool = False,
+) -> tuple[Array, MaxPoolCache]:
+    return _max_pool_nd("max_pool2d", 2, x, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def max_pool2d_backward(dy: Array, cache: MaxPoolCache, /) -> tuple[Array]:
+    """Gradient ``(dx,)`` of :func:`max_pool2d`: ``dy`` routed to each window's argmax."""
+    return _max_pool_nd_backward(dy, cache, "max_pool2d_backward")
+
+
+def max_pool3d(
+    x: Array,
+    kernel_size: int | tuple[int, int, int],
+    stride: int | tuple[int, int, int] | None = None,
+    padding: int | tuple[int, int, int] = 0,
+    dilation: int | tuple[int, int, int] = 1,
+    ceil_mode: bool = False,
+) -> tuple[Array, MaxPoolCache]:
+    return _max_pool_nd("max_pool3d", 3, x, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def max_pool3d_backward(dy: Array, cache: MaxPoolCache, /) -> tuple[Array]:
+    """Gradient ``(dx,)`` of :func:`max_pool3d`: ``dy`` routed to each window's argmax."""
+    return _max_pool_nd_backward(dy, cache, "max_pool3d_backward")
+
+
+# ----------------------------------------------------------------------- average pooling
+
+
+class AvgPoolCache(NamedTuple):
+    inv_count: Array | float  # 1 / divisor per window (a scalar when all windows agree)
+    x_shape: tuple[int, ...]
+    win: Window
+    unbatched: bool
+
+
+def _inv_counts(
+    xp: ModuleType, win: Window, pad: tuple[int, ...], count_include_pad: bool, like: Array
+) -> Array | float:
+    """1 / (number of elements averaged) per window, torch's rule.
+
+    With ``count_include_pad`` the explicit padding counts but the room ceil mode adds past
+    it does not; without, only input elements count. Windows are boxes, so the count is a
+    product of per-axis counts.
+    """
+    per_axis: list[list[int]] = []
+    for n, k, s, p, m in zip(win.in_size, win.kernel, win.stride, pad, win.out_size, strict=True):
+        counts = []
+        for j in range(m):
+            start = j * s - p
+            end = min(start + k, n + p)
+            counts.append(end - start if count_include_pad else min(end, n) - max(start, 0))
+        per_axis.append(counts)
+    if all(len(set(c)) == 1 for c in per_axis):
+        return 1.0 / math.prod(c[0] for c in per_axis)
+    nd = len(per_axis)
+    inv = None
+    for axis, counts in enumerate(per_axis):
+        shape = [1] * nd
+        shape[axis] = len(counts)
+        v = xp.reshape(
+            xp.asarray([1.0 / c for c in counts], dtype=like.dtype, device=device(like)),
+            tuple(shape),
+        )
+        inv = v if inv is None else inv * v
+    return inv
+
+
+def _avg_pool_nd(
+    op: str,
+    nd: int,
+    x: Array,
+    kernel_size: Any,
+    stride: Any,
+    padding: Any,
+    ceil_mode: bool,
+    count_include_pad: bool,
+) -> tuple[Array, AvgPoolCache]:
+    xp, x, unbatched, kernel, stride, pad, dil = _prepare(
+        op, nd, x, kernel_size, stride, padding, 1
+    )
+    _check_half_kernel(op, pad, kernel)
+    win = make_window(
+        op,
+        tuple(x.shape[2:]),
+        kernel,
+        stride,
+        dil,
+        pad,
+        pad,
+        ceil_mode=ceil_mode,
+        kernel_name="kernel_size",
+    )
+    xpad = pad_spatial(xp, x, win, 0.0)
+    total = None
+    for k in win.offsets():
+        v = xpad[(..., *win.slices(k))]
+        total = xp.asarray(v, copy=True) if total is None else total + v
+    inv = _inv_counts(xp, win, pad, count_include_pad, x)
+    y = total * inv
+    return _unbatch(y, unbatched), AvgPoolCache(inv, tuple(x.shape), win, unbatched)
+
+
+def _avg_pool_nd_backward(dy: Array, cache: AvgPoolCache, op: str) -> tuple[Array]:
+    inv, x_shape, win, unbatched = cache
+    xp = get_namespace(dy, op=op, names=("dy",))
+    dy = _batch(xp, dy, unbatched, len(win.in_size), op)
+    if tuple(dy.shape) != (*x_shape[:2], *win.out_size):
+        raise shape_error(op, "dy", f"shape {(*x_shape[:2], *win.out_size)}", tuple(dy.shape))
+    share = dy * inv
+    dx = xp.zeros((*x_shape[:2], *win.padded_size), dtype=dy.dtype, device=device(dy))
+    for k in win.offsets():
+        dx = xpx.at(dx, (..., *win.slices(k))).add(share)
+    if win.has_padding:
+        dx = dx[(..., *win.interior())]
+    return (_unbatch(dx, unbatched),)
+
+
+_AVG_DOC = r"""{nd}-d average pooling, torch's ``avg_pool{nd}d``.
+
+    .. math:: y_\ell = \frac{{1}}{{c_\ell}} \sum_\kappa \tilde x_{{s\ell + \kappa}}
+
+
+    Parameters
+    ----------
+    x : array, shape (N, C, {spatial}) or (C, {spatial})
+    kernel_size : int or tuple of {nd} ints
+    stride : int or tuple of {nd} ints, optional
+        Default ``kernel_size``.
+    padding : int or tuple of {nd} ints
+        Zeros, at most half the kernel size (as torch).
+    ceil_mode : bool
+        Round the output size up (a last, partial window), as torch.
+    count_include_pad : bool
+        Whether the divisor :math:`c_\ell` counts the zero padding (torch's default, True)
+        or only input elements. The room ceil mode adds past the padding never counts.
+
+    Returns
+    -------
+    y : array, shape (N, C, {out})
+    cache : AvgPoolCache
+
+    Notes
+    -----
+    Backward (:func:`avg_pool{nd}d_backward`) returns ``(dx,)``: every element of window
+    :math:`\ell` receives :math:`g_\ell / c_\ell`; overlapping windows add up.
+    """
+
+
+def avg_pool1d(
+    x: Array,
+    kernel_size: int | tuple[int],
+    stride: int | tuple[int] | None = None,
+    padding: int | tuple[int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> tuple[Array, AvgPoolCache]:
+    return _avg_pool_nd(
+        "avg_pool1d", 1, x, kernel_size, stride, padding, ceil_mode, count_include_pad
+    )
+
+
+def avg_pool1d_backward(dy: Array, cache: AvgPoolCache, /) -> tuple[Array]:
+    """Gradient ``(dx,)`` of :func:`avg_pool1d`: ``dy / count`` spread over each window."""
+    return _avg_pool_nd_backward(dy, cache, "avg_pool1d_backward")
+
+
+def avg_pool2d(
+    x: Array,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> tuple[Array, AvgPoolCache]:
+    return _avg_pool_nd(
+        "avg_pool2d", 2, x, kernel_size, stride, padding, ceil_mode, count_include_pad
+    )
+
+
+def avg_pool2d_backward(dy: Array, cache: AvgPoolCache, /) -> tuple[Array]:
+    """Gradient ``(dx,)`` of :func:`avg_pool2d`: ``dy / count`` spread over each window."""
+    return _avg_pool_nd_backward(dy, cache, "avg_pool2d_backward")
+
+
+def avg_pool3d(
+    x: Array,
+    kernel_size: int | tuple[int, int, int],
+    stride: int | tuple[int, int, int] | None = None,
+    padding: int | tuple[int, int, int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> tuple[Array, AvgPoolCache]:
+    return _avg_pool_nd(
+        "avg_pool3d", 3, x, kernel_size, stride, padding, ceil_mode, count_include_pad
+    )
+
+
+def avg_pool3d_backward(dy: Array, cache: AvgPoolCache, /) -> tuple[Array]:
+    """Gradient ``(dx,)`` of :func:`avg_pool3d`: ``dy / count`` spread over each window."""
+    return _avg_pool_nd_backward(dy, cache, "avg_pool3d_backward")
+
+
+for _nd, _sp, _out in (
+    (1, "W", "W_out"),
+    (2, "H, W", "H_out, W_out"),
+    (3, "D, H, W", "D_out, H_out, W_out"),
+):
+    globals()[f"max_pool{_nd}d"].__doc__ = _MAX_DOC.format(nd=_nd, spatial=_sp, out=_out)
+    globals()[f"avg_pool{_nd}d"].__doc__ = _AVG_DOC.format(nd=_nd, spatial=_sp, out=_out)
+
+
+# ------------------------------------------------------------- global pooling and flatten
+
+
+class GlobalAvgPoolCache(NamedTuple):
+    x_shape: tuple[int, ...]
+
+
+def global_avg_pool(x: Array, /) -> tuple[Array, GlobalAvgPoolCache]:
+    r"""Mean over all spatial positions: :math:`y_{n,c} = \frac{1}{|S|}\sum_{p} x_{n,c,p}`.
+
+    The usual CNN head before a linear layer (torch's ``adaptive_avg_pool{1,2,3}d(x, 1)``
+    followed by a flatten).
+
+    Parameters
+    ----------
+    x : array, shape (N, C, *S), at least one spatial axis
+
+    Returns
+    -------
+    y : array, shape (N, C)
+    cache : GlobalAvgPoolCache
+
+    Notes
+    -----
+    Backward returns ``(dx,)`` with :math:`\partial L/\partial x_{n,c,p} = g_{n,c} / |S|`.
+    """
+    xp = get_namespace(x, op="global_avg_pool", names=("x",))
+    check_floating("global_avg_pool", "x", x, xp)
+    if x.ndim < 3:
+        raise shape_error("global_avg_pool", "x", "an array (N, C, *S) with >= 3 axes", x.shape)
+    return xp.mean(x, axis=tuple(range(2, x.ndim))), GlobalAvgPoolCache(tuple(x.shape))
+
+
+def global_avg_pool_backward(dy: Array, cache: GlobalAvgPoolCache, /) -> tuple[Array]:
+    xp = get_namespace(dy, op="global_avg_pool_backward", names=("dy",))
+    shape = cache.x_shape
+    if tuple(dy.shape) != tuple(shape[:2]):
+        raise shape_error("global_avg_pool_backward", "dy", f"shape {shape[:2]}", dy.shape)
+    nd = len(shape) - 2
+    share = xp.reshape(dy / math.prod(shape[2:]), (*shape[:2], *(1,) * nd))
+    return (xp.zeros(shape, dtype=dy.dtype, device=device(dy)) + share,)
+
+
+def _flatten_axis(name: str, axis: int, ndim: int) -> int:
+    if not -ndim <= axis < ndim:
+        raise shape_error("flatten", name, f"an axis in [{-ndim}, {ndim})", axis)
+    return axis % ndim
+
+
+class FlattenCache(NamedTuple):
+    x_shape: tuple[int, ...]
+
+
+def flatten(x: Array, /, start_axis: int = 1, end_axis: int = -1) -> tuple[Array, FlattenCache]:
+    """Merge axes ``start_axis..end_axis`` (inclusive) into one, as ``torch.flatten``.
+
+    The default keeps the batch axis: ``(N, C, H, W) -> (N, C*H*W)``. Backward reshapes
+    the gradient back, ``(dx,)``.
+    """
+    xp = get_namespace(x, op="flatten", names=("x",))
+    ndim = max(x.ndim, 1)
+    start, end = (
+        _flatten_axis(name, a, ndim)
+        for name, a in (("start_axis", start_axis), ("end_axis", end_axis))
+    )
+    if start > end:
+        raise shape_error(
+            "flatten", "end_axis", f"an axis at or after start_axis={start_axis}", end_axis
+        )
+    shape = tuple(x.shape)
+    if x.ndim == 0:
+        return xp.reshape(x, (1,)), FlattenCache(shape)
+    merged = math.prod(shape[start : end + 1])
+    return xp.reshape(x, (*shape[:start], merged, *shape[end + 1 :])), FlattenCache(shape)
+
+
+def flatten_backward(dy: Array, cache: FlattenCache, /) -> tuple[Array]:
+    xp = get_namespace(dy, op="flatten_backward", names=("dy",))
+    return (xp.reshape(dy, cache.x_shape),)
