@@ -48,3 +48,10 @@ def normalize_axis(op: str, axis: int, ndim: int) -> int:
 def check_choice(op: str, name: str, value: object, choices: Sequence[object]) -> None:
     if value not in choices:
         raise ValueError(f"{op}: argument '{name}' expected one of {list(choices)}, got {value!r}")
+
+
+def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether an array of ``shape`` broadcasts to exactly ``target``."""
+    if len(shape) > len(target):
+        return False
+    return all(s in (1, t) for s, t in zip(shape[::-1], target[::-1], strict=False))

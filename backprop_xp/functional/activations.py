@@ -68,13 +68,13 @@ def tanh_backward(dy: Array, cache: TanhCache, /) -> tuple[Array]:
 
 
 class ReluCache(NamedTuple):
-    mask: Array  # x > 0
+    mask: Array  # not (x <= 0): as torch, NaN passes the gradient through
 
 
 def relu(x: Array, /) -> tuple[Array, ReluCache]:
     r""":math:`\max(x, 0)`; backward :math:`g [x > 0]` (zero at ``x == 0``, as torch)."""
     xp = _ns("relu", x)
-    mask = x > 0
+    mask = ~(x <= 0)
     # where(), not maximum(): maximum(nan, 0) is 0 on some backends; NaN must propagate.
     return xp.where(x < 0, xp.zeros_like(x), x), ReluCache(mask)
 
@@ -121,7 +121,7 @@ def elu(x: Array, /, alpha: float = 1.0) -> tuple[Array, EluCache]:
 def elu_backward(dy: Array, cache: EluCache, /) -> tuple[Array]:
     x, y, alpha = cache
     xp = get_namespace(dy, x, op="elu_backward", names=("dy", "x"))
-    return (xp.where(x > 0, dy, dy * (y + alpha)),)
+    return (xp.where(x <= 0, dy * (y + alpha), dy),)  # NaN takes the identity branch, as torch
 
 
 class SoftplusCache(NamedTuple):

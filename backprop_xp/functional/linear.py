@@ -1,3 +1,69 @@
-"""(being written)"""
+"""The dense (fully connected) layer."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..backend import get_namespace
+from ._validation import check_floating, check_ndim, shape_error
+
+__all__ = ["linear", "linear_backward"]
+
+Array = Any
+
+
+class LinearCache(NamedTuple):
+    x: Array  # the weight gradient needs the input
+    weight: Array  # the input gradient needs the weight
+    has_bias: bool
+
+
+def linear(x: Array, weight: Array, bias: Array | None = None) -> tuple[Array, LinearCache]:
+    r"""Affine map :math:`y = x W^\top + b`, as ``torch.nn.functional.linear``.
+
+    Parameters
+    ----------
+    x : array, shape (..., in_features)
+    weight : array, shape (out_features, in_features)
+    bias : array, shape (out_features,), optional
+
+    Returns
+    -------
+    y : array, shape (..., out_features)
+    cache : LinearCache
+
+    Notes
+    -----
+    With :math:`\delta = \partial L/\partial y` and the leading axes flattened into rows:
+    :math:`\partial L/\partial x = \delta W`, :math:`\partial L/\partial W = \delta^\top x`
+    (one GEMM over the whole batch), :math:`\partial L/\partial b = \sum_{\text{rows}} \delta`.
+    """
+    xp = get_namespace(x, weight, bias, op="linear", names=("x", "weight", "bias"))
+    check_floating("linear", "x", x, xp)
+    check_floating("linear", "weight", weight, xp)
+    check_ndim("linear", "weight", weight, 2, "(out_features, in_features)")
+    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise shape_error(
+            "linear", "x", f"shape (..., {weight.shape[1]}) to match weight", tuple(x.shape)
+        )
+    if x.dtype != weight.dtype:
+        raise TypeError(
+            f"linear: argument 'weight' expected dtype {x.dtype} (that of 'x'), got {weight.dtype}"
+        )
+    y = xp.matmul(x, weight.T)
+    if bias is not None:
+        check_floating("linear", "bias", bias, xp)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise shape_error("linear", "bias", f"shape ({weight.shape[0]},)", tuple(bias.shape))
+        y = y + bias
+    return y, LinearCache(x, weight, bias is not None)
+
+
+def linear_backward(dy: Array, cache: LinearCache, /) -> tuple[Array, Array, Array | None]:
+    x, weight, has_bias = cache
+    xp = get_namespace(dy, x, op="linear_backward", names=("dy", "x"))
+    dx = xp.matmul(dy, weight)
+    dy2 = xp.reshape(dy, (-1, weight.shape[0]))
+    dweight = xp.matmul(dy2.T, xp.reshape(x, (-1, weight.shape[1])))
+    dbias = xp.sum(dy2, axis=0) if has_bias else None
+    return dx, dweight, dbias

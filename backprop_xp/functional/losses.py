@@ -1,3 +1,400 @@
-"""(being written)"""
+"""Losses: cross-entropy (class indices or probabilities), BCE with logits, mean squared error.
 
-__all__: list[str] = []
+Semantics, defaults and reductions follow ``torch.nn.functional``; the derivations are in
+``docs/derivations.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any, NamedTuple
+
+from .._config import index_checks_enabled
+from ..backend import device, get_namespace
+from ._validation import broadcasts_to, check_choice, check_floating, shape_error
+
+__all__ = [
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_backward",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "mse_loss",
+    "mse_loss_backward",
+]
+
+Array = Any
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduce(xp: ModuleType, loss: Array, reduction: str, denominator: Array | None) -> Array:
+    if reduction == "none":
+        return loss
+    total = xp.sum(loss)
+    return total if reduction == "sum" else total / denominator
+
+
+def _count(xp: ModuleType, a: Array, like: Array) -> Array:
+    """The number of elements of ``a`` as a 0-d array of ``like``'s dtype (NaN when empty, so
+    the mean of nothing is NaN as in torch)."""
+    size = math.prod(a.shape)
+    n = float(size) if size else float("nan")
+    return xp.asarray(n, dtype=like.dtype, device=device(like))
+
+
+def _scale(xp: ModuleType, g: Array, reduction: str, denominator: Array | None) -> Array:
+    """``∂L/∂loss_n`` of the reduction, broadcastable against the per-sample loss."""
+    if reduction == "none":
+        return g
+    return g / denominator if reduction == "mean" else g
+
+
+class CrossEntropyCache(NamedTuple):
+    e: Array  # exp(x - max): with s, the softmax p = e / s (keeps one pass out of the forward)
+    s: Array  # sum of e over the class axis, keepdims
+    z: Array | None  # x - max, only for the gradient of probability targets
+    target: Array  # class indices (keepdims on the class axis) or probabilities
+    weight: Array | None  # class weights broadcast along the class axis
+    valid: Array | None  # target != ignore_index, keepdims (class indices only)
+    denominator: Array | None
+    reduction: str
+    label_smoothing: float
+    probabilities: bool
+    unbatched: bool
+
+
+def cross_entropy(
+    input: Array,
+    target: Array,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> tuple[Array, CrossEntropyCache]:
+    r"""Softmax cross-entropy, as ``torch.nn.functional.cross_entropy``.
+
+    With :math:`\log p = \mathrm{log\_softmax}(x)` over the class axis (axis 1, or 0 for an
+    unbatched ``(C,)`` input), class weights :math:`w` and smoothing :math:`\varepsilon`:
+
+    - class indices :math:`y_n`: :math:`\ell_n = -(1-\varepsilon)\, w_{y_n} \log p_{n,y_n}
+      - \frac{\varepsilon}{C} \sum_c w_c \log p_{n,c}`, zero where :math:`y_n` is
+      ``ignore_index``; ``"mean"`` divides by :math:`\sum_n w_{y_n}` over kept samples;
+    - class probabilities :math:`t` (same shape as ``input``, e.g. one-hot):
+      :math:`\ell_n = -\sum_c w_c t'_{n,c} \log p_{n,c}` with
+      :math:`t' = (1-\varepsilon) t + \varepsilon / C`; ``"mean"`` divides by the number of
+      samples.
+
+    Parameters
+    ----------
+    input : array, shape (N, C), (N, C, d1, ...) or (C,)
+        Unnormalized logits.
+    target : array
+        Integer class indices of shape (N, d1, ...) (or () for unbatched input), or floating
+        class probabilities of ``input``'s shape.
+    weight : array, shape (C,), optional
+        Per-class weights (no gradient is returned for them, as in torch).
+    ignore_index : int
+        Class-index targets equal to it contribute neither loss nor gradient.
+    reduction : {"mean", "sum", "none"}
+    label_smoothing : float in [0, 1]
+
+    Returns
+    -------
+    loss : array
+        A scalar, or shape (N, d1, ...) for ``reduction="none"``.
+    cache : CrossEntropyCache
+
+    Notes
+    -----
+    Without weights or smoothing the gradient is the course's
+    :math:`\partial L/\partial x = \mathrm{softmax}(x) - \mathrm{onehot}(y)` (times the
+    reduction's scale), for integer and one-hot targets alike. Class indices are checked to
+    lie in ``[0, C)`` (one host synchronization per call); switch this off with
+    :func:`backprop_xp.set_index_checks`.
+    """
+    op = "cross_entropy"
+    xp = get_namespace(input, target, weight, op=op, names=("input", "target", "weight"))
+    check_floating(op, "input", input, xp)
+    check_choice(op, "reduction", reduction, _REDUCTIONS)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(
+            f"{op}: argument 'label_smoothing' expected a value in [0, 1], got {label_smoothing}"
+        )
+    if input.ndim == 0:
+        raise shape_error(op, "input", "shape (N, C), (N, C, d1, ...) or (C,)", "shape ()")
+    unbatched = input.ndim == 1
+    if unbatched:
+        input = input[None, ...]
+        target = target[None, ...]
+    n_classes = input.shape[1]
+    probabilities = bool(xp.isdtype(target.dtype, "real floating"))
+    if probabilities:
+        if tuple(target.shape) != tuple(input.shape):
+            raise shape_error(
+                op,
+                "target",
+                f"probabilities of input's shape {tuple(input.shape)}",
+                f"shape {tuple(target.shape)}",
+            )
+        if target.dtype != input.dtype:
+            raise TypeError(
+                f"{op}: argument 'target' expected dtype {input.dtype} (that of 'input') for "
+                f"class probabilities, got {target.dtype}"
+            )
+    else:
+        if not xp.isdtype(target.dtype, "integral"):
+            raise TypeError(
+                f"{op}: argument 'target' expected integer class indices or floating class "
+                f"probabilities, got dtype {target.dtype}"
+            )
+        expected = (input.shape[0], *input.shape[2:])
+        if tuple(target.shape) != expected:
+            raise shape_error(
+                op, "target", f"class indices of shape {expected}", f"shape {tuple(target.shape)}"
+            )
+    if weight is not None:
+        check_floating(op, "weight", weight, xp)
+        if tuple(weight.shape) != (n_classes,):
+            raise shape_error(op, "weight", f"shape ({n_classes},)", f"shape {tuple(weight.shape)}")
+        # broadcast along the class axis: (1, C, 1, ..., 1)
+        weight = xp.reshape(weight, (1, n_classes) + (1,) * (input.ndim - 2))
+
+    z = input - xp.max(input, axis=1, keepdims=True)
+    e = xp.exp(z)
+    s = xp.sum(e, axis=1, keepdims=True)
+    log_s = xp.log(s)
+    eps = label_smoothing
+
+    if probabilities:
+        t = target if eps == 0 else target * (1 - eps) + eps / n_classes
+        wt = t if weight is None else t * weight
+        # -sum_c w_c t'_c (z_c - log s) = sum_c w_c t'_c log s - sum_c w_c t'_c z_c
+        loss = xp.sum(wt * (log_s - z), axis=1)
+        denominator = _count(xp, loss, input)
+        out = _reduce(xp, loss, reduction, denominator)
+        cache = CrossEntropyCache(
+            e, s, z, target, weight, None, denominator, reduction, eps, True, unbatched
+        )
+        return (out[0, ...] if unbatched and reduction == "none" else out), cache
+
+    t = target[:, None, ...]
+    valid = t != ignore_index
+    if index_checks_enabled():
+        _check_indices(xp, t, valid, n_classes, ignore_index)
+    t_safe = xp.where(valid, t, xp.zeros_like(t))
+    picked = xp.take_along_axis(z, t_safe, axis=1)  # z at the target class
+    nll = log_s - picked  # -log p_y
+    w_y = None
+    if weight is not None:
+        w_y = xp.reshape(
+            xp.take(xp.reshape(weight, (-1,)), xp.reshape(t_safe, (-1,))), t_safe.shape
+        )
+        nll = nll * w_y
+    loss = nll if eps == 0 else (1 - eps) * nll + (eps / n_classes) * _smooth(xp, z, log_s, weight)
+    zero = xp.zeros_like(loss)
+    loss = xp.where(valid, loss, zero)
+    kept = xp.astype(valid, input.dtype)
+    denominator = xp.sum(kept if w_y is None else kept * w_y) if reduction == "mean" else None
+    out = _reduce(xp, loss[:, 0, ...], reduction, denominator)
+    cache = CrossEntropyCache(
+        e, s, None, t_safe, weight, valid, denominator, reduction, eps, False, unbatched
+    )
+    return (out[0, ...] if unbatched and reduction == "none" else out), cache
+
+
+def _smooth(xp: ModuleType, z: Array, log_s: Array, weight: Array | None) -> Array:
+    """:math:`-\\sum_c w_c \\log p_c`, keepdims."""
+    logp = z - log_s
+    return -xp.sum(logp if weight is None else logp * weight, axis=1, keepdims=True)
+
+
+def _check_indices(xp: ModuleType, t: Array, valid: Array, n_classes: int, ignore: int) -> None:
+    bad = valid & ((t < 0) | (t >= n_classes))
+    if bool(xp.any(bad)):  # the one host synchronization of this op
+        got = xp.where(bad, t, xp.zeros_like(t))
+        raise ValueError(
+            f"cross_entropy: argument 'target' expected class indices in [0, {n_classes}) or "
+            f"ignore_index={ignore}, got values from {int(xp.min(got))} to {int(xp.max(got))}"
+        )
+
+
+def cross_entropy_backward(
+    dloss: Array, cache: CrossEntropyCache, /
+) -> tuple[Array, Array | None, None]:
+    """Returns ``(d_input, d_target, None)``: ``d_target`` only for probability targets."""
+    e, s, z, target, weight, valid, denominator, reduction, eps, probabilities, unbatched = cache
+    xp = get_namespace(dloss, e, op="cross_entropy_backward", names=("dloss", "cache"))
+    n_classes = e.shape[1]
+    g = dloss
+    if reduction == "none":
+        g = g[None, ...] if unbatched else g
+        g = g[:, None, ...]
+    scale = _scale(xp, g, reduction, denominator)
+    p = e / s
+
+    if probabilities:
+        t = target if eps == 0 else target * (1 - eps) + eps / n_classes
+        wt = t if weight is None else t * weight
+        # ∂ℓ/∂x = p Σ_c w_c t'_c - w t'
+        dx = scale * (p * xp.sum(wt, axis=1, keepdims=True) - wt)
+        logp = z - xp.log(s)
+        dt = -(1 - eps) * scale * (logp if weight is None else logp * weight)
+        if unbatched:
+            dx, dt = dx[0, ...], dt[0, ...]
+        return dx, dt, None
+
+    coef = xp.where(valid, scale, xp.zeros_like(scale))
+    classes = xp.arange(n_classes, device=device(e))
+    is_target = xp.reshape(classes, (1, n_classes) + (1,) * (e.ndim - 2)) == target
+    if weight is None and eps == 0:
+        # the course's softmax - onehot, times the reduction's scale
+        dx = xp.where(is_target, (p - 1) * coef, p * coef)
+    else:
+        w = (
+            weight
+            if weight is not None
+            else xp.ones((1, n_classes) + (1,) * (e.ndim - 2), dtype=e.dtype, device=device(e))
+        )
+        w_y = xp.sum(xp.where(is_target, w, xp.zeros_like(p)), axis=1, keepdims=True)
+        a = (1 - eps) * w_y + (eps / n_classes) * xp.sum(w, axis=1, keepdims=True)
+        dx = coef * (
+            p * a - xp.where(is_target, (1 - eps) * w_y, xp.zeros_like(p)) - (eps / n_classes) * w
+        )
+    if unbatched:
+        dx = dx[0, ...]
+    return dx, None, None
+
+
+class BCEWithLogitsCache(NamedTuple):
+    x: Array
+    target: Array
+    weight: Array | None
+    pos_weight: Array | None
+    denominator: Array | None
+    reduction: str
+
+
+def binary_cross_entropy_with_logits(
+    input: Array,
+    target: Array,
+    weight: Array | None = None,
+    reduction: str = "mean",
+    pos_weight: Array | None = None,
+) -> tuple[Array, BCEWithLogitsCache]:
+    r"""Sigmoid + binary cross-entropy in one stable step, as torch's.
+
+    .. math::
+        \ell = w \left[ (1 - t)\, x + (1 + (q - 1) t)\, \mathrm{softplus}(-x) \right]
+
+    with :math:`q` the ``pos_weight`` (1 by default), which is :math:`-w[q t \log\sigma(x) +
+    (1-t)\log(1-\sigma(x))]` rewritten so no exponential overflows.
+
+    Parameters
+    ----------
+    input : array, any shape
+        Logits.
+    target : array, shape of ``input``
+        Probabilities in [0, 1]; a gradient is returned for it too.
+    weight : array, broadcastable to ``input``, optional
+    reduction : {"mean", "sum", "none"}
+    pos_weight : array, broadcastable to ``input`` (usually (C,) on the last axis), optional
+
+    Notes
+    -----
+    :math:`\partial\ell/\partial x = w[(1 + (q-1)t)\,\sigma(x) - q t]`, which is
+    :math:`w(\sigma(x) - t)` without ``pos_weight``;
+    :math:`\partial\ell/\partial t = w[(q - 1)\,\mathrm{softplus}(-x) - x]`.
+    Backward returns ``(d_input, d_target, None, None)``: no gradient for the weights.
+    """
+    op = "binary_cross_entropy_with_logits"
+    xp = get_namespace(
+        input, target, weight, pos_weight, op=op, names=("input", "target", "weight", "pos_weight")
+    )
+    check_floating(op, "input", input, xp)
+    check_floating(op, "target", target, xp)
+    check_choice(op, "reduction", reduction, _REDUCTIONS)
+    if tuple(target.shape) != tuple(input.shape):
+        raise shape_error(
+            op, "target", f"input's shape {tuple(input.shape)}", f"shape {tuple(target.shape)}"
+        )
+    for name, a in (("weight", weight), ("pos_weight", pos_weight)):
+        if a is not None:
+            check_floating(op, name, a, xp)
+            if not broadcasts_to(tuple(a.shape), tuple(input.shape)):
+                raise shape_error(
+                    op,
+                    name,
+                    f"a shape broadcastable to {tuple(input.shape)}",
+                    f"shape {tuple(a.shape)}",
+                )
+    sp = _softplus_neg(xp, input)
+    if pos_weight is None:
+        loss = (1 - target) * input + sp
+    else:
+        loss = (1 - target) * input + (1 + (pos_weight - 1) * target) * sp
+    if weight is not None:
+        loss = loss * weight
+    denominator = _count(xp, loss, input) if reduction == "mean" else None
+    out = _reduce(xp, loss, reduction, denominator)
+    return out, BCEWithLogitsCache(input, target, weight, pos_weight, denominator, reduction)
+
+
+def _softplus_neg(xp: ModuleType, x: Array) -> Array:
+    """softplus(-x) = log(1 + e^{-x}) = max(-x, 0) + log1p(e^{-|x|}), overflow-free."""
+    return xp.where(x < 0, -x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
+def binary_cross_entropy_with_logits_backward(
+    dloss: Array, cache: BCEWithLogitsCache, /
+) -> tuple[Array, Array, None, None]:
+    x, t, weight, pos_weight, denominator, reduction = cache
+    xp = get_namespace(
+        dloss, x, op="binary_cross_entropy_with_logits_backward", names=("dloss", "input")
+    )
+    scale = _scale(xp, dloss, reduction, denominator)
+    e = xp.exp(-xp.abs(x))
+    sig = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    if pos_weight is None:
+        dx = sig - t
+        dt = -x
+    else:
+        dx = (1 + (pos_weight - 1) * t) * sig - pos_weight * t
+        dt = (pos_weight - 1) * _softplus_neg(xp, x) - x
+    if weight is not None:
+        scale = scale * weight
+    return scale * dx, scale * dt, None, None
+
+
+class MSELossCache(NamedTuple):
+    diff: Array
+    denominator: Array | None
+    reduction: str
+
+
+def mse_loss(input: Array, target: Array, reduction: str = "mean") -> tuple[Array, MSELossCache]:
+    r"""Mean squared error :math:`\ell = (x - t)^2`, reduced.
+
+    Backward: :math:`\partial\ell/\partial x = 2 (x - t)` (times the reduction's scale) and
+    the negative of it for ``target``.
+    """
+    op = "mse_loss"
+    xp = get_namespace(input, target, op=op, names=("input", "target"))
+    check_floating(op, "input", input, xp)
+    check_floating(op, "target", target, xp)
+    check_choice(op, "reduction", reduction, _REDUCTIONS)
+    if tuple(target.shape) != tuple(input.shape):
+        raise shape_error(
+            op, "target", f"input's shape {tuple(input.shape)}", f"shape {tuple(target.shape)}"
+        )
+    diff = input - target
+    denominator = _count(xp, diff, input) if reduction == "mean" else None
+    return _reduce(xp, diff * diff, reduction, denominator), MSELossCache(
+        diff, denominator, reduction
+    )
+
+
+def mse_loss_backward(dloss: Array, cache: MSELossCache, /) -> tuple[Array, Array]:
+    diff, denominator, reduction = cache
+    xp = get_namespace(dloss, diff, op="mse_loss_backward", names=("dloss", "input"))
+    dx = 2 * _scale(xp, dloss, reduction, denominator) * diff
+    return dx, -dx
