@@ -116,13 +116,13 @@ class _RNNBase(Module):
     def _run(self, x: Array, h0: Array, c0: Array | None, w: list[Any], lengths: Any) -> Any:
         w_ih, w_hh, b_ih, b_hh = (None if p is None else p.data for p in w)
         if self._mode == "lstm":
-            (out, h, c), cache = F.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=lengths)
+            (out, h, c), cache = F.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
             return out, h, c, cache
         if self._mode == "gru":
-            (out, h), cache = F.gru(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=lengths)
+            (out, h), cache = F.gru(x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
         else:
             (out, h), cache = F.rnn(
-                x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=self.nonlinearity, lengths=lengths
+                x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity=self.nonlinearity
             )
         return out, h, None, cache
 
@@ -168,8 +168,7 @@ class _RNNBase(Module):
                 f"{name}: argument 'x' expected shape (T, N, {self.input_size}), got "
                 f"{tuple(x.shape)}"
             )
-        T, N, H, D, L = (
-            x.shape[0],
+        N, H, D, L = (
             x.shape[1],
             self.hidden_size,
             self.num_directions,
@@ -242,8 +241,6 @@ class _RNNBase(Module):
                         d_o = d_layer if D == 1 else d_layer[..., d * H : (d + 1) * H]
                         if d:
                             d_o = _reverse_time(xp, d_o, lengths)
-                    if d_o is None:
-                        d_o = xp.zeros((T, N, H), dtype=x.dtype, device=dev)
                     dx_k, dh0_k, dc0_k, dws = self._run_backward(
                         d_o,
                         None if dh_all is None else dh_all[k],
