@@ -143,7 +143,10 @@ class Context:
             return a
         if self.backend == "torch":
             return self.torch.from_numpy(a).to(self.device)
-        return self.xp.asarray(a, device=self.device)
+        import cupy
+
+        with self.device:
+            return cupy.asarray(a)
 
     def theirs(self, a: Any, requires_grad: bool = False) -> Any:
         """A copy of ``a`` as a torch tensor on torch's device; floats cast to ``dtype``."""
