@@ -97,16 +97,19 @@ def _conv_nd(
     for name, a in (("x", x), ("weight", weight), ("bias", bias)):
         if a is not None:
             check_floating(op, name, a, xp)
-    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
-        got = f"x {x.dtype}, weight {weight.dtype}" + (
-            f", bias {bias.dtype}" if bias is not None else ""
-        )
-        raise TypeError(f"{op}: arguments 'x', 'weight', 'bias' expected one dtype, got {got}")
+    for name, a in (("weight", weight), ("bias", bias)):
+        if a is not None and a.dtype != x.dtype:
+            raise TypeError(
+                f"{op}: argument '{name}' expected dtype {x.dtype} (that of 'x'), got {a.dtype}"
+            )
     if x.ndim != nd + 2:
         raise shape_error(op, "x", f"a {nd + 2}-d array (N, C_in, *{nd} spatial)", tuple(x.shape))
     if weight.ndim != nd + 2:
         raise shape_error(
-            op, "weight", f"a {nd + 2}-d array (C_out, C_in/groups, *{nd} kernel)", weight.shape
+            op,
+            "weight",
+            f"a {nd + 2}-d array (C_out, C_in/groups, *{nd} kernel)",
+            tuple(weight.shape),
         )
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise shape_error(op, "groups", "a positive int", repr(groups))
@@ -117,7 +120,10 @@ def _conv_nd(
         )
     if weight.shape[1] * groups != c_in:
         raise shape_error(
-            op, "weight", f"shape[1] = C_in/groups = {c_in // groups}", f"shape {weight.shape}"
+            op,
+            "weight",
+            f"shape[1] = C_in/groups = {c_in // groups}",
+            f"shape {tuple(weight.shape)}",
         )
     if c_out < 1 or any(k < 1 for k in weight.shape[2:]):
         raise shape_error(op, "weight", "positive C_out and kernel sizes", tuple(weight.shape))
@@ -150,7 +156,7 @@ def _conv_nd(
         yc = xp.reshape(yc, (c_out, b - a, *win.out_size))
         if bias is not None:
             yc = yc + xp.reshape(bias, (c_out, 1, *(1,) * nd))
-        y = xpx.at(y, slice(a, b)).set(xp.permute_dims(yc, (1, 0, *range(2, nd + 2))))
+        y = xpx.at(y, (slice(a, b), ...)).set(xp.permute_dims(yc, (1, 0, *range(2, nd + 2))))
     return y, ConvCache(x, weight, bias is not None, win, groups)
 
 
@@ -175,7 +181,7 @@ def _conv_nd_backward(dy: Array, cache: ConvCache, op: str) -> tuple[Array, Arra
         del cols
         dcols = xp.matmul(WgT, dyc)  # (G, C_g |K|, n |L|)
         dxc = _col2im(xp, dcols, win, c_in, b - a)  # (C_in, n, *S)
-        dx = xpx.at(dx, slice(a, b)).set(xp.permute_dims(dxc, spatial_perm))
+        dx = xpx.at(dx, (slice(a, b), ...)).set(xp.permute_dims(dxc, spatial_perm))
     dW = xp.reshape(dWg, tuple(weight.shape))
     db = xp.sum(dy, axis=(0, *range(2, nd + 2))) if has_bias else None
     return dx, dW, db

@@ -463,7 +463,9 @@ def global_avg_pool(x: Array, /) -> tuple[Array, GlobalAvgPoolCache]:
     xp = get_namespace(x, op="global_avg_pool", names=("x",))
     check_floating("global_avg_pool", "x", x, xp)
     if x.ndim < 3:
-        raise shape_error("global_avg_pool", "x", "an array (N, C, *S) with >= 3 axes", x.shape)
+        raise shape_error(
+            "global_avg_pool", "x", "an array (N, C, *S) with >= 3 axes", tuple(x.shape)
+        )
     return xp.mean(x, axis=tuple(range(2, x.ndim))), GlobalAvgPoolCache(tuple(x.shape))
 
 
@@ -471,7 +473,7 @@ def global_avg_pool_backward(dy: Array, cache: GlobalAvgPoolCache, /) -> tuple[A
     xp = get_namespace(dy, op="global_avg_pool_backward", names=("dy",))
     shape = cache.x_shape
     if tuple(dy.shape) != tuple(shape[:2]):
-        raise shape_error("global_avg_pool_backward", "dy", f"shape {shape[:2]}", dy.shape)
+        raise shape_error("global_avg_pool_backward", "dy", f"shape {shape[:2]}", tuple(dy.shape))
     nd = len(shape) - 2
     share = xp.reshape(dy / math.prod(shape[2:]), (*shape[:2], *(1,) * nd))
     return (xp.zeros(shape, dtype=dy.dtype, device=device(dy)) + share,)

@@ -1,0 +1,331 @@
+"""conv1d, conv2d, conv3d."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import compare_with_numpy, to_np
+
+from backprop_xp import functional as F
+from backprop_xp.functional import conv as conv_module
+from backprop_xp.testing import assert_close, gradcheck
+
+CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+BACKWARD = {1: F.conv1d_backward, 2: F.conv2d_backward, 3: F.conv3d_backward}
+
+
+def _t(v, nd):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd
+
+
+def ref_conv(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """Direct loop over output positions (NumPy, float64)."""
+    nd = x.ndim - 2
+    st, dl, k = _t(stride, nd), _t(dilation, nd), w.shape[2:]
+    if padding == "same":
+        total = [d * (kk - 1) for d, kk in zip(dl, k, strict=True)]
+        lo, hi = [t // 2 for t in total], [t - t // 2 for t in total]
+    elif padding == "valid":
+        lo = hi = [0] * nd
+    else:
+        lo = hi = list(_t(padding, nd))
+    xpad = np.pad(x.astype(np.float64), [(0, 0), (0, 0), *zip(lo, hi, strict=True)])
+    out = [(xpad.shape[2 + i] - dl[i] * (k[i] - 1) - 1) // st[i] + 1 for i in range(nd)]
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    cg, og = c // groups, o // groups
+    y = np.zeros((n, o, *out))
+    axes = list(range(1, nd + 2))
+    for pos in np.ndindex(*out):
+        window = tuple(
+            slice(p * s, p * s + d * (kk - 1) + 1, d)
+            for p, s, d, kk in zip(pos, st, dl, k, strict=True)
+        )
+        patch = xpad[(slice(None), slice(None), *window)]
+        for g in range(groups):
+            y[(slice(None), slice(g * og, (g + 1) * og), *pos)] = np.tensordot(
+                patch[:, g * cg : (g + 1) * cg], w[g * og : (g + 1) * og], axes=(axes, axes)
+            )
+    if b is not None:
+        y += b.reshape((o,) + (1,) * nd)
+    return y
+
+
+# (nd, C_in, C_out, spatial, kernel, options)
+CASES = [
+    (1, 3, 4, 9, 3, {}),
+    (1, 4, 6, 10, 3, {"stride": 2, "padding": 2, "dilation": 2, "groups": 2}),
+    (1, 2, 3, 7, 4, {"padding": "same"}),  # even kernel: odd padding element on the right
+    (2, 3, 4, 7, 3, {"padding": 1}),
+    (2, 4, 4, 8, (3, 2), {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2)}),
+    (2, 4, 6, 6, 3, {"padding": "same", "dilation": 2, "groups": 2}),
+    (2, 4, 4, 6, 3, {"groups": 4, "padding": "valid"}),  # depthwise
+    (2, 2, 3, 6, 1, {}),
+    (3, 2, 4, 5, 3, {"padding": 1, "stride": 2}),
+    (3, 4, 2, 5, (2, 3, 1), {"padding": "same", "groups": 2}),
+]
+
+
+def _draw(rng, nd, c_in, c_out, spatial, kernel, groups, n=2, bias=True):
+    k = _t(kernel, nd)
+    x = rng.standard_normal((n, c_in, *_t(spatial, nd)))
+    w = rng.standard_normal((c_out, c_in // groups, *k))
+    b = rng.standard_normal(c_out) if bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize(("nd", "c_in", "c_out", "spatial", "kernel", "opts"), CASES)
+def test_conv_forward_matches_loop_reference(
+    xp, dtype, rng, nd, c_in, c_out, spatial, kernel, opts
+):
+    x, w, b = _draw(rng, nd, c_in, c_out, spatial, kernel, opts.get("groups", 1))
+    y, _ = CONV[nd](
+        xp.asarray(x, dtype=dtype), xp.asarray(w, dtype=dtype), xp.asarray(b, dtype=dtype), **opts
+    )
+    assert y.dtype == dtype
+    tol = {"rtol": 1e-4, "atol": 1e-4} if "32" in str(dtype) else {"rtol": 1e-12, "atol": 1e-12}
+    np.testing.assert_allclose(to_np(y), ref_conv(x, w, b, **opts), **tol)
+
+
+@pytest.mark.parametrize(("nd", "c_in", "c_out", "spatial", "kernel", "opts"), CASES)
+def test_conv_gradcheck(xp, rng, nd, c_in, c_out, spatial, kernel, opts):
+    small = {1: spatial, 2: min(spatial, 6), 3: min(spatial, 4)}[nd]
+    x, w, b = _draw(rng, nd, c_in, c_out, small, kernel, opts.get("groups", 1))
+    gradcheck(CONV[nd], [xp.asarray(x), xp.asarray(w), xp.asarray(b)], opts)
+
+
+def test_conv_gradcheck_without_bias(xp, rng):
+    x, w, _ = _draw(rng, 2, 2, 3, 5, 3, 1, bias=False)
+    out, cache = F.conv2d(xp.asarray(x), xp.asarray(w), None, padding=1)
+    grads = F.conv2d_backward(xp.ones_like(out), cache)
+    assert len(grads) == 3 and grads[2] is None
+    gradcheck(F.conv2d, [xp.asarray(x), xp.asarray(w), None], {"stride": 2, "padding": 1})
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_conv_matches_numpy(xp, dtype, rng, nd):
+    name = "float64" if "64" in str(dtype) else "float32"
+    x, w, b = _draw(rng, nd, 4, 6, {1: 11, 2: 7, 3: 5}[nd], 3, 2)
+    opts = {"stride": 2, "padding": 1, "dilation": 1, "groups": 2}
+    y = ref_conv(x, w, b, **opts)
+    dy = rng.standard_normal(y.shape)
+    compare_with_numpy(xp, CONV[nd], BACKWARD[nd], [x, w, b], opts, dy, name)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+@pytest.mark.parametrize(("nd", "c_in", "c_out", "spatial", "kernel", "opts"), CASES)
+def test_conv_matches_torch(xp, rng, nd, c_in, c_out, spatial, kernel, opts):
+    torch = pytest.importorskip("torch")
+    tf = {
+        1: torch.nn.functional.conv1d,
+        2: torch.nn.functional.conv2d,
+        3: torch.nn.functional.conv3d,
+    }
+    x, w, b = _draw(rng, nd, c_in, c_out, spatial, kernel, opts.get("groups", 1), n=3)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = tf[nd](tx, tw, tb, **opts)
+    dy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(dy))
+    y, cache = CONV[nd](xp.asarray(x), xp.asarray(w), xp.asarray(b), **opts)
+    grads = BACKWARD[nd](xp.asarray(dy), cache)
+    tol = {"rtol": 1e-10, "atol": 1e-10}
+    np.testing.assert_allclose(to_np(y), ty.detach().numpy(), **tol)
+    for got, t in zip(grads, (tx, tw, tb), strict=True):
+        np.testing.assert_allclose(to_np(got), t.grad.numpy(), **tol)
+
+
+def test_conv1x1_is_linear_over_channels(xp, dtype, rng):
+    x, w, b = _draw(rng, 2, 5, 3, (4, 6), 1, 1)
+    X, W, B = (xp.asarray(a, dtype=dtype) for a in (x, w, b))
+    y, cache = F.conv2d(X, W, B)
+    # linear acts on the last axis: move channels there and back
+    xl = xp.permute_dims(X, (0, 2, 3, 1))
+    yl, lcache = F.linear(xl, xp.reshape(W, (3, 5)), B)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if "32" in str(dtype) else {"rtol": 1e-12, "atol": 1e-12}
+    assert_close(y, xp.permute_dims(yl, (0, 3, 1, 2)), **tol)
+    dy = rng.standard_normal(tuple(y.shape))
+    dx, dw, db = F.conv2d_backward(xp.asarray(dy, dtype=dtype), cache)
+    dyl = xp.permute_dims(xp.asarray(dy, dtype=dtype), (0, 2, 3, 1))
+    dxl, dwl, dbl = F.linear_backward(dyl, lcache)
+    assert_close(dx, xp.permute_dims(dxl, (0, 3, 1, 2)), **tol)
+    assert_close(dw, xp.reshape(dwl, (3, 5, 1, 1)), **tol)
+    assert_close(db, dbl, **tol)
+
+
+@pytest.mark.parametrize(
+    "opts", [{"padding": 1}, {"stride": 2, "dilation": 2, "padding": 2, "groups": 2}]
+)
+def test_conv_weight_gradient_is_sum_over_positions(xp, rng, opts):
+    """Tied weights: dW is the sum, over output positions, of the gradient each position
+    alone would give (a 1x1-output convolution of that position's window)."""
+    x, w, b = _draw(rng, 2, 4, 4, 7, 3, opts.get("groups", 1))
+    X, W, B = (xp.asarray(a) for a in (x, w, b))
+    y, cache = F.conv2d(X, W, B, **opts)
+    dy = rng.standard_normal(tuple(y.shape))
+    _, dw, db = F.conv2d_backward(xp.asarray(dy), cache)
+    s, d, p = opts.get("stride", 1), opts.get("dilation", 1), opts["padding"]
+    xpad = np.pad(x, [(0, 0), (0, 0), (p, p), (p, p)])
+    extent = d * 2 + 1
+    dw_sum = np.zeros_like(w)
+    db_sum = np.zeros_like(b)
+    for i in range(y.shape[2]):
+        for j in range(y.shape[3]):
+            patch = xpad[:, :, i * s : i * s + extent, j * s : j * s + extent]
+            yp, cp = F.conv2d(xp.asarray(patch), W, B, dilation=d, groups=opts.get("groups", 1))
+            assert tuple(yp.shape[2:]) == (1, 1)
+            _, dwp, dbp = F.conv2d_backward(xp.asarray(dy[:, :, i : i + 1, j : j + 1]), cp)
+            dw_sum += to_np(dwp)
+            db_sum += to_np(dbp)
+    np.testing.assert_allclose(to_np(dw), dw_sum, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(to_np(db), db_sum, rtol=1e-10, atol=1e-10)
+
+
+def test_conv_batch_chunks_give_the_same_result(xp, rng):
+    x, w, b = _draw(rng, 2, 3, 4, 6, 3, 1, n=5)
+    args = [xp.asarray(a) for a in (x, w, b)]
+    dy = xp.asarray(rng.standard_normal((5, 4, 3, 3)))
+    y1, c1 = F.conv2d(*args, stride=2, padding=1)
+    g1 = F.conv2d_backward(dy, c1)
+    before = F.get_conv_workspace_bytes()
+    try:
+        F.set_conv_workspace_bytes(1)  # one batch item per chunk
+        y2, c2 = F.conv2d(*args, stride=2, padding=1)
+        g2 = F.conv2d_backward(dy, c2)
+    finally:
+        F.set_conv_workspace_bytes(before)
+    assert_close(y2, y1, rtol=1e-12, atol=1e-12)
+    for a, r in zip(g2, g1, strict=True):
+        assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_empty_batch(xp, rng):
+    x, w, b = _draw(rng, 2, 2, 3, 5, 3, 1, n=0)
+    y, cache = F.conv2d(xp.asarray(x), xp.asarray(w), xp.asarray(b))
+    assert tuple(y.shape) == (0, 3, 3, 3)
+    dx, dw, db = F.conv2d_backward(y, cache)
+    assert tuple(dx.shape) == (0, 2, 5, 5)
+    assert not np.any(to_np(dw)) and not np.any(to_np(db))
+
+
+def test_conv_nan_propagates(xp, rng):
+    x = rng.standard_normal((1, 1, 5, 5))
+    x[0, 0, 0, 0] = np.nan
+    y, _ = F.conv2d(xp.asarray(x), xp.asarray(np.ones((1, 1, 3, 3))))
+    y = to_np(y)
+    assert np.isnan(y[0, 0, 0, 0]) and np.isfinite(y[0, 0, 1:, :]).all()
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "opts", "match"),
+    [
+        ((1, 2, 4, 4), (3, 2, 5, 5), {}, r"conv2d: argument 'weight' expected a kernel extent"),
+        (
+            (1, 2, 4, 4),
+            (3, 2, 3, 3),
+            {"dilation": 2},
+            r"conv2d: argument 'weight' expected a kernel",
+        ),
+        (
+            (1, 3, 5, 5),
+            (4, 1, 3, 3),
+            {"groups": 2},
+            r"conv2d: argument 'groups' expected a divisor",
+        ),
+        (
+            (1, 4, 5, 5),
+            (4, 3, 3, 3),
+            {"groups": 2},
+            r"conv2d: argument 'weight' expected shape\[1\]",
+        ),
+        ((1, 2, 5, 5), (3, 2, 3), {}, r"conv2d: argument 'weight' expected a 4-d array"),
+        ((2, 5, 5), (3, 2, 3, 3), {}, r"conv2d: argument 'x' expected a 4-d array"),
+        (
+            (1, 2, 5, 5),
+            (3, 2, 3, 3),
+            {"padding": "same", "stride": 2},
+            r"'padding' expected 'same' only with stride 1",
+        ),
+        (
+            (1, 2, 5, 5),
+            (3, 2, 3, 3),
+            {"padding": "full"},
+            r"'padding' expected an int, a tuple, 'valid' or 'same', got 'full'",
+        ),
+        (
+            (1, 2, 5, 5),
+            (3, 2, 3, 3),
+            {"stride": 0},
+            r"conv2d: argument 'stride' expected positive sizes, got 0",
+        ),
+        (
+            (1, 2, 5, 5),
+            (3, 2, 3, 3),
+            {"stride": (1, -1)},
+            r"argument 'stride' expected positive sizes",
+        ),
+        (
+            (1, 2, 5, 5),
+            (3, 2, 3, 3),
+            {"dilation": 0},
+            r"argument 'dilation' expected positive sizes",
+        ),
+        (
+            (1, 2, 5, 5),
+            (3, 2, 3, 3),
+            {"padding": -1},
+            r"argument 'padding' expected >= 0 sizes, got -1",
+        ),
+        (
+            (1, 2, 5, 5),
+            (3, 2, 3, 3),
+            {"padding": (1, 1, 1)},
+            r"'padding' expected an int or a tuple of 2 ints",
+        ),
+        (
+            (1, 2, 5, 5),
+            (3, 2, 3, 3),
+            {"groups": 0},
+            r"conv2d: argument 'groups' expected a positive int, got 0",
+        ),
+        ((1, 2, 5, 5), (0, 2, 3, 3), {}, r"conv2d: argument 'weight' expected positive C_out"),
+        ((1, 2, 0, 5), (3, 2, 1, 1), {}, r"conv2d: argument 'x' expected spatial sizes >= 1"),
+        (
+            (1, 2, 5),
+            (3, 2, 3),
+            {"padding": 1, "stride": 2.0},
+            r"conv1d: argument 'stride' expected an int or a tuple of 1 ints, got 2.0",
+        ),
+    ],
+)
+def test_conv_rejects_bad_input(xp, x_shape, w_shape, opts, match):
+    op = CONV[len(x_shape) - 2] if len(x_shape) == len(w_shape) else F.conv2d
+    err = TypeError if "got 2.0" in match else ValueError
+    with pytest.raises(err, match=match):
+        op(xp.asarray(np.ones(x_shape)), xp.asarray(np.ones(w_shape)), **opts)
+
+
+def test_conv_rejects_bad_bias_and_dtypes(xp):
+    x, w = xp.asarray(np.ones((1, 2, 5, 5))), xp.asarray(np.ones((3, 2, 3, 3)))
+    with pytest.raises(
+        ValueError, match=r"conv2d: argument 'bias' expected shape \(3,\), got \(2,\)"
+    ):
+        F.conv2d(x, w, xp.asarray(np.ones(2)))
+    with pytest.raises(
+        TypeError, match=r"conv2d: argument 'weight' expected dtype .*got .*float32"
+    ):
+        F.conv2d(x, xp.asarray(np.ones((3, 2, 3, 3)), dtype=xp.float32))
+    with pytest.raises(TypeError, match=r"conv2d: argument 'x' expected a real floating"):
+        F.conv2d(xp.asarray(np.ones((1, 2, 5, 5), dtype=np.int64)), w)
+
+
+def test_conv_backward_rejects_wrong_grad_shape(xp):
+    _, cache = F.conv2d(xp.asarray(np.ones((1, 2, 5, 5))), xp.asarray(np.ones((3, 2, 3, 3))))
+    with pytest.raises(
+        ValueError, match=r"conv2d_backward: argument 'dy' expected shape \(1, 3, 3, 3\)"
+    ):
+        F.conv2d_backward(xp.asarray(np.ones((1, 3, 3, 4))), cache)
+
+
+def test_conv_workspace_knob_rejects_nonpositive():
+    with pytest.raises(ValueError, match=r"set_conv_workspace_bytes: argument 'nbytes'"):
+        conv_module.set_conv_workspace_bytes(0)
