@@ -35,6 +35,7 @@ import math
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "BackgroundLoad",
     "Case",
     "Context",
     "Timing",
@@ -205,8 +207,12 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _sample(fn: Callable[[], object], sync: Callable[[], None], calls: int) -> float:
+def _sample(
+    fn: Callable[[], object], sync: Callable[[], None], calls: int, settle_s: float = 0.0
+) -> float:
     sync()
+    if settle_s:
+        time.sleep(settle_s)
     t0 = time.perf_counter()
     for _ in range(calls):
         fn()
@@ -222,6 +228,7 @@ def time_pair(
     repeat: int,
     warmup: int,
     min_sample_s: float,
+    settle_s: float = 0.0,
 ) -> Timing:
     """Time two callables against each other.
 
@@ -230,6 +237,12 @@ def time_pair(
     torch, ours, ...) so that neither side always runs first, with the garbage collector
     paused. A sample is the mean of enough back-to-back calls to last ``min_sample_s``, with
     a synchronize before the clock is read on either end. Report the median of the samples.
+
+    ``settle_s``: sleep this long before each sample. On a multi-threaded CPU run the side
+    that just ran leaves its worker threads spinning for a while (OpenBLAS for up to about
+    0.1 s, libgomp briefly), and they compete with the next sample's threads for the cores:
+    without a pause torch measured ~60% slower on a 1024³ linear right after NumPy than
+    right before it.
     """
     for _ in range(warmup):
         ours()
@@ -237,19 +250,19 @@ def time_pair(
         theirs()
         sync()
     with _gc_paused():
-        one_o = _sample(ours, sync, 1)
-        one_t = _sample(theirs, sync, 1)
+        one_o = _sample(ours, sync, 1, settle_s)
+        one_t = _sample(theirs, sync, 1, settle_s)
         calls_o = max(1, math.ceil(min_sample_s / max(one_o, 1e-9)))
         calls_t = max(1, math.ceil(min_sample_s / max(one_t, 1e-9)))
         t_o: list[float] = []
         t_t: list[float] = []
         for i in range(repeat):
             if i % 2 == 0:
-                t_o.append(_sample(ours, sync, calls_o))
-                t_t.append(_sample(theirs, sync, calls_t))
+                t_o.append(_sample(ours, sync, calls_o, settle_s))
+                t_t.append(_sample(theirs, sync, calls_t, settle_s))
             else:
-                t_t.append(_sample(theirs, sync, calls_t))
-                t_o.append(_sample(ours, sync, calls_o))
+                t_t.append(_sample(theirs, sync, calls_t, settle_s))
+                t_o.append(_sample(ours, sync, calls_o, settle_s))
     return Timing(t_o, t_t, calls_o, calls_t)
 
 
@@ -385,6 +398,41 @@ _PEAK: dict[str, Callable[[Callable[[], object]], int]] = {
     "torch_cuda": _peak_torch_cuda,
     "cupy": _peak_cupy,
 }
+
+
+# -- other processes' CPU use -------------------------------------------------------------
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return busy, own.ru_utime + own.ru_stime
+
+
+class BackgroundLoad:
+    """Average number of cores that *other* processes kept busy between start and stop.
+
+    On a shared machine this says how much to trust a row: anything well above 0 means the
+    timings competed with someone else's work (Linux only; ``None`` elsewhere).
+    """
+
+    def __init__(self) -> None:
+        self._t0 = time.perf_counter()
+        self._c0 = _cpu_seconds()
+
+    def cores(self) -> float | None:
+        c1 = _cpu_seconds()
+        wall = time.perf_counter() - self._t0
+        if self._c0 is None or c1 is None or wall <= 0:
+            return None
+        others = (c1[0] - self._c0[0]) - (c1[1] - self._c0[1])
+        return max(0.0, others / wall)
 
 
 # -- GEMM peak -----------------------------------------------------------------------------

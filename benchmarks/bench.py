@@ -45,6 +45,7 @@ for _p in (str(REPO), str(HERE)):
 
 import numpy as np  # noqa: E402
 from _harness import (  # noqa: E402
+    BackgroundLoad,
     Case,
     Context,
     gemm_peak,
@@ -88,6 +89,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="each sample averages enough calls to last this long",
     )
     p.add_argument("--threads", type=int, default=None, help="BLAS/intra-op threads for both sides")
+    p.add_argument(
+        "--settle-ms",
+        type=float,
+        default=None,
+        help="pause before each sample so the other side's spinning threads go idle "
+        "(default: 150 on multi-threaded CPU runs, else 0)",
+    )
     p.add_argument("--gemm-n", type=int, default=None, help="size of the GEMM-peak probe")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--markdown", action="store_true", help="also print a Markdown table")
@@ -215,6 +223,7 @@ COLUMNS = (
     ("%peak", 6, ">"),
     ("MiB ours", 9, ">"),
     ("MiB torch", 9, ">"),
+    ("bg", 4, ">"),
 )
 
 
@@ -238,6 +247,7 @@ def row_cells(r: dict[str, Any]) -> list[str]:
         "-" if r["peak_share"] is None else f"{100 * r['peak_share']:.0f}%",
         "n/a" if r["mem_ours"] is None else f"{r['mem_ours'] / 2**20:.1f}",
         "n/a" if r["mem_torch"] is None else f"{r['mem_torch'] / 2**20:.1f}",
+        _fmt(r.get("background_cores"), ".1f"),
     ]
 
 
@@ -284,6 +294,7 @@ def header(ctx: Context, info: dict[str, Any], args: argparse.Namespace, threads
     lines.append(
         f"{ctx.dtype}; {tf32}; warm-up {args.warmup}; median of {args.repeat} samples "
         f"in ABBA order, each >= {args.min_sample_ms:g} ms of calls"
+        + (f" after a {args.settle_ms:g} ms pause" if args.settle_ms else "")
         + ("; GPU synchronized before each clock read" if ctx.gpu else "")
     )
     lines.append(f"date {info['date']}; load average {info['load_avg']}; commit {info['commit']}")
@@ -320,6 +331,7 @@ def run_case(
     case: Case, ctx: Context, args: argparse.Namespace, peaks: dict[str, Any]
 ) -> dict[str, Any]:
     target = case.target(ctx.gpu)
+    load = BackgroundLoad()
     rec: dict[str, Any] = {
         "op": case.op,
         "family": case.family,
@@ -335,6 +347,7 @@ def run_case(
             repeat=args.repeat,
             warmup=args.warmup,
             min_sample_s=args.min_sample_ms / 1e3,
+            settle_s=args.settle_ms / 1e3,
         )
     except Exception as e:
         traceback.print_exc(file=sys.stderr)
@@ -361,6 +374,7 @@ def run_case(
         rec["gflops_torch"] = case.flops / (t.ms_torch / 1e3) / 1e9
         rec["peak_share"] = rec["gflops"] / peaks["gflops"][ctx.backend]
         rec["peak_share_torch"] = rec["gflops_torch"] / peaks["gflops"]["torch"]
+    rec["background_cores"] = load.cores()
     if not args.no_memory:
         torch_kind = "torch_cuda" if ctx.gpu else "torch_cpu"
         ours_kind = {"numpy": "numpy", "cupy": "cupy"}.get(ctx.backend, torch_kind)
@@ -373,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ctx = make_context(args)
     threads, _limiter = set_threads(ctx, args)
+    if args.settle_ms is None:
+        args.settle_ms = 150.0 if threads > 1 and not ctx.gpu and not args.quick else 0.0
     info = machine_info(ctx, REPO)
     print(header(ctx, info, args, threads), flush=True)
 
@@ -410,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{len(records)} cases, {sum(bool(r['met']) for r in met)}/{len(met)} targets met"
         + (f", {len(errors)} errors" if errors else "")
+        + "\nbg: cores that other processes kept busy during the row (0 = a quiet machine)"
     )
     if args.json:
         doc = {
@@ -418,7 +435,16 @@ def main(argv: list[str] | None = None) -> int:
             "gemm_peak": peaks,
             "settings": {
                 k: getattr(args, k)
-                for k in ("repeat", "warmup", "min_sample_ms", "quick", "seed", "ops", "model")
+                for k in (
+                    "repeat",
+                    "warmup",
+                    "min_sample_ms",
+                    "settle_ms",
+                    "quick",
+                    "seed",
+                    "ops",
+                    "model",
+                )
             },
             "records": records,
         }
