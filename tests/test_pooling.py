@@ -1,0 +1,438 @@
+"""max_pool1d/2d/3d, avg_pool1d/2d/3d, global_avg_pool, flatten."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from helpers import compare_with_numpy, to_np
+
+from backprop_xp import functional as F
+from backprop_xp.testing import assert_close, gradcheck
+
+MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+MAX_BW = {1: F.max_pool1d_backward, 2: F.max_pool2d_backward, 3: F.max_pool3d_backward}
+AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+AVG_BW = {1: F.avg_pool1d_backward, 2: F.avg_pool2d_backward, 3: F.avg_pool3d_backward}
+
+
+def _t(v, nd):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd
+
+
+def _out_size(n, k, s, p, d, ceil_mode):
+    span = n + 2 * p - d * (k - 1) - 1
+    m = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (m - 1) * s >= n + p:
+        m -= 1
+    return m
+
+
+def _windows(x_shape, kernel, stride, padding, dilation, ceil_mode):
+    """For every output position, the list of per-axis input indices of its window (indices
+    outside [0, n) are padding or ceil-mode overhang)."""
+    nd = len(x_shape) - 2
+    k, s = _t(kernel, nd), _t(kernel if stride is None else stride, nd)
+    p, d = _t(padding, nd), _t(dilation, nd)
+    out = [_out_size(x_shape[2 + i], k[i], s[i], p[i], d[i], ceil_mode) for i in range(nd)]
+    for pos in np.ndindex(*out):
+        axes = [[pos[i] * s[i] - p[i] + j * d[i] for j in range(k[i])] for i in range(nd)]
+        yield pos, axes, out
+
+
+def ref_max_pool(x, dy, kernel, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Loop reference: output, and the gradient routed to the first maximum in window order."""
+    nd = x.ndim - 2
+    wins = list(_windows(x.shape, kernel, stride, padding, dilation, ceil_mode))
+    out = wins[0][2]
+    y = np.empty((*x.shape[:2], *out))
+    dx = np.zeros(x.shape)
+    for pos, axes, _ in wins:
+        for n, c in np.ndindex(*x.shape[:2]):
+            best, arg = -np.inf, None
+            for idx in itertools.product(*axes):
+                if all(0 <= idx[i] < x.shape[2 + i] for i in range(nd)):
+                    v = x[(n, c, *idx)]
+                    if v > best or np.isnan(v) or (arg is None and v == best):
+                        best, arg = v, idx
+            y[(n, c, *pos)] = best
+            if dy is not None:
+                dx[(n, c, *arg)] += dy[(n, c, *pos)]
+    return y, dx
+
+
+def ref_avg_pool(x, kernel, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    nd = x.ndim - 2
+    p = _t(padding, nd)
+    wins = list(_windows(x.shape, kernel, stride, padding, 1, ceil_mode))
+    y = np.empty((*x.shape[:2], *wins[0][2]))
+    for pos, axes, _ in wins:
+        inside = [[j for j in a if 0 <= j < x.shape[2 + i]] for i, a in enumerate(axes)]
+        if count_include_pad:  # padding counts, the ceil-mode overhang past it does not
+            count = math.prod(
+                len([j for j in a if j < x.shape[2 + i] + p[i]]) for i, a in enumerate(axes)
+            )
+        else:
+            count = math.prod(len(a) for a in inside)
+        block = x[(slice(None), slice(None), *np.ix_(*inside))]
+        y[(slice(None), slice(None), *pos)] = block.reshape(*x.shape[:2], -1).sum(-1) / count
+    return y
+
+
+def distinct(rng, shape):
+    """Distinct values, spaced far beyond gradcheck's step, so every argmax is stable."""
+    return (rng.permutation(math.prod(shape)).reshape(shape) - 50.0) * 0.01
+
+
+# (nd, spatial, kernel_size, options)
+MAX_CASES = [
+    (1, 9, 2, {}),
+    (1, 10, 3, {"stride": 2, "padding": 1}),
+    (1, 9, 3, {"stride": 2, "dilation": 2, "padding": 1, "ceil_mode": True}),
+    (2, 6, 2, {}),
+    (2, 7, 3, {"stride": 2, "padding": 1}),  # overlapping
+    (2, 7, 3, {"stride": 2, "ceil_mode": True}),
+    (2, 7, (3, 2), {"stride": (1, 2), "padding": (1, 0), "dilation": (2, 1)}),
+    (3, 5, 2, {"ceil_mode": True}),
+    (3, 5, (3, 2, 2), {"stride": (2, 1, 2), "padding": (1, 0, 1)}),
+]
+
+AVG_CASES = [
+    (1, 9, 2, {}),
+    (1, 10, 3, {"stride": 2, "padding": 1}),
+    (1, 10, 3, {"stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": False}),
+    (2, 6, 2, {}),
+    (2, 7, 3, {"stride": 2, "padding": 1}),
+    (2, 7, 3, {"stride": 2, "padding": 1, "count_include_pad": False}),
+    (2, 6, 3, {"stride": 2, "padding": 1, "ceil_mode": True}),
+    (
+        2,
+        6,
+        (3, 2),
+        {"stride": (2, 1), "padding": (1, 1), "ceil_mode": True, "count_include_pad": False},
+    ),
+    (3, 5, 2, {"ceil_mode": True}),
+    (3, 5, 3, {"stride": 2, "padding": 1, "count_include_pad": False}),
+]
+
+
+@pytest.mark.parametrize(("nd", "spatial", "k", "opts"), MAX_CASES)
+def test_max_pool_matches_loop_reference(xp, dtype, rng, nd, spatial, k, opts):
+    x = distinct(rng, (2, 3, *(spatial,) * nd))
+    y_ref, _ = ref_max_pool(x, None, k, **opts)
+    y, cache = MAX[nd](xp.asarray(x, dtype=dtype), k, **opts)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(to_np(y), y_ref, rtol=1e-6)
+    dy = rng.standard_normal(y_ref.shape)
+    _, dx_ref = ref_max_pool(x, dy, k, **opts)
+    (dx,) = MAX_BW[nd](xp.asarray(dy, dtype=dtype), cache)
+    np.testing.assert_allclose(to_np(dx), dx_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("nd", "spatial", "k", "opts"), AVG_CASES)
+def test_avg_pool_matches_loop_reference(xp, dtype, rng, nd, spatial, k, opts):
+    x = rng.standard_normal((2, 3, *(spatial,) * nd))
+    y, _ = AVG[nd](xp.asarray(x, dtype=dtype), k, **opts)
+    assert y.dtype == dtype
+    tol = {"rtol": 1e-5, "atol": 1e-6} if "32" in str(dtype) else {"rtol": 1e-12, "atol": 1e-13}
+    np.testing.assert_allclose(to_np(y), ref_avg_pool(x, k, **opts), **tol)
+
+
+@pytest.mark.parametrize(("nd", "spatial", "k", "opts"), MAX_CASES)
+def test_max_pool_gradcheck(xp, rng, nd, spatial, k, opts):
+    x = distinct(rng, (2, 2, *(min(spatial, 6 if nd < 3 else 4),) * nd))
+    gradcheck(MAX[nd], [xp.asarray(x)], {"kernel_size": k, **opts})
+
+
+@pytest.mark.parametrize(("nd", "spatial", "k", "opts"), AVG_CASES)
+def test_avg_pool_gradcheck(xp, rng, nd, spatial, k, opts):
+    x = rng.standard_normal((2, 2, *(min(spatial, 6 if nd < 3 else 4),) * nd))
+    gradcheck(AVG[nd], [xp.asarray(x)], {"kernel_size": k, **opts})
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_pooling_matches_numpy(xp, dtype, rng, nd):
+    name = "float64" if "64" in str(dtype) else "float32"
+    x = distinct(rng, (2, 3, *(7,) * nd))
+    opts = {"stride": 2, "padding": 1}
+    y, _ = ref_max_pool(x, None, 3, **opts)
+    dy = rng.standard_normal(y.shape)
+    compare_with_numpy(xp, MAX[nd], MAX_BW[nd], [x], {"kernel_size": 3, **opts}, dy, name)
+    opts = {"stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": False}
+    y = ref_avg_pool(x, 3, **opts)
+    dy = rng.standard_normal(y.shape)
+    compare_with_numpy(xp, AVG[nd], AVG_BW[nd], [x], {"kernel_size": 3, **opts}, dy, name)
+
+
+def test_max_pool_ties_go_to_first_position_in_window_order(xp, dtype, rng):
+    # few distinct values: most windows hold ties; overlapping windows and padding too
+    x = rng.integers(0, 3, size=(2, 3, 7, 7)).astype(np.float64)
+    x[0, 0] = 1.0  # a plane of all-equal values
+    opts = {"stride": 2, "padding": 1}
+    y, cache = F.max_pool2d(xp.asarray(x, dtype=dtype), 3, **opts)
+    dy = rng.standard_normal(tuple(y.shape))
+    (dx,) = F.max_pool2d_backward(xp.asarray(dy, dtype=dtype), cache)
+    y_ref, dx_ref = ref_max_pool(x, dy, 3, **opts)
+    np.testing.assert_array_equal(to_np(y), y_ref)
+    np.testing.assert_allclose(to_np(dx), dx_ref, rtol=1e-6, atol=1e-6)
+    # all-equal window: the first (top-left) element takes the whole gradient
+    assert to_np(dx)[0, 0, 0, 0] == pytest.approx(float(np.float32(dy[0, 0, 0, 0])), rel=1e-6)
+    # identical on every backend: the argmax indices are equal, not merely the values
+    _, np_cache = F.max_pool2d(x, 3, **opts)
+    np.testing.assert_array_equal(to_np(cache.argmax), np_cache.argmax)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"kernel_size": 2},
+        {"kernel_size": 3, "stride": 2, "padding": 1},
+        {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
+        {"kernel_size": 2, "stride": 2, "padding": 1, "ceil_mode": True},
+    ],
+)
+def test_pooling_matches_torch(xp, rng, nd, opts):
+    torch = pytest.importorskip("torch")
+    tnf = torch.nn.functional
+    x = distinct(rng, (2, 3, *(7,) * nd))
+    for cip in (True, False):
+        tx = torch.tensor(x, requires_grad=True)
+        ty = getattr(tnf, f"avg_pool{nd}d")(tx, **opts, count_include_pad=cip)
+        dy = rng.standard_normal(tuple(ty.shape))
+        ty.backward(torch.tensor(dy))
+        y, cache = AVG[nd](xp.asarray(x), **opts, count_include_pad=cip)
+        (dx,) = AVG_BW[nd](xp.asarray(dy), cache)
+        np.testing.assert_allclose(to_np(y), ty.detach().numpy(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(to_np(dx), tx.grad.numpy(), rtol=1e-12, atol=1e-14)
+    for dilation in (1, 2):
+        tx = torch.tensor(x, requires_grad=True)
+        ty = getattr(tnf, f"max_pool{nd}d")(tx, **opts, dilation=dilation)
+        dy = rng.standard_normal(tuple(ty.shape))
+        ty.backward(torch.tensor(dy))
+        y, cache = MAX[nd](xp.asarray(x), **opts, dilation=dilation)
+        (dx,) = MAX_BW[nd](xp.asarray(dy), cache)
+        np.testing.assert_array_equal(to_np(y), ty.detach().numpy())
+        np.testing.assert_allclose(to_np(dx), tx.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_max_pool_ties_match_torch(xp, rng):
+    torch = pytest.importorskip("torch")
+    x = rng.integers(0, 2, size=(2, 2, 6, 6)).astype(np.float64)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.max_pool2d(tx, 3, 1, 1)
+    dy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(dy))
+    _, cache = F.max_pool2d(xp.asarray(x), 3, 1, 1)
+    (dx,) = F.max_pool2d_backward(xp.asarray(dy), cache)
+    np.testing.assert_allclose(to_np(dx), tx.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_pooling_nan_propagates(xp):
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    x[0, 0, 0, 1] = np.nan
+    for op in (F.max_pool2d, F.avg_pool2d):
+        y, cache = op(xp.asarray(x), 2)
+        y = to_np(y)
+        assert np.isnan(y[0, 0, 0, 0]) and np.isfinite(y.reshape(-1)[1:]).all()
+    y, cache = F.max_pool2d(xp.asarray(x), 2)
+    assert int(to_np(cache.argmax)[0, 0, 0, 0]) == 1  # the NaN holds the window
+
+
+def test_pooling_unbatched_input(xp, rng):
+    x = rng.standard_normal((3, 6, 6))
+    for op, bw in ((F.max_pool2d, F.max_pool2d_backward), (F.avg_pool2d, F.avg_pool2d_backward)):
+        y, cache = op(xp.asarray(x), 3, 2, 1)
+        yb, cache_b = op(xp.asarray(x[None]), 3, 2, 1)
+        assert_close(y, yb[0, ...])
+        dy = rng.standard_normal(tuple(y.shape))
+        (dx,) = bw(xp.asarray(dy), cache)
+        (dxb,) = bw(xp.asarray(dy[None]), cache_b)
+        assert_close(dx, dxb[0, ...])
+
+
+def test_pooling_does_not_alias_input(xp, rng):
+    x = xp.asarray(rng.standard_normal((1, 2, 4, 4)))
+    for op in (F.max_pool2d, F.avg_pool2d):
+        y, _ = op(x, 1)  # a 1x1 window: the output equals the input, but is a new array
+        assert_close(y, x)
+        if xp.backend_name in ("numpy", "torch"):
+            assert not np.shares_memory(to_np(y), to_np(x))
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "match"),
+    [
+        (
+            F.max_pool2d,
+            {"kernel_size": 0},
+            r"max_pool2d: argument 'kernel_size' expected positive sizes, got 0",
+        ),
+        (
+            F.max_pool2d,
+            {"kernel_size": 2, "stride": -1},
+            r"max_pool2d: argument 'stride' expected positive sizes, got -1",
+        ),
+        (
+            F.max_pool2d,
+            {"kernel_size": 2, "padding": -1},
+            r"max_pool2d: argument 'padding' expected >= 0 sizes",
+        ),
+        (
+            F.max_pool2d,
+            {"kernel_size": 2, "dilation": 0},
+            r"max_pool2d: argument 'dilation' expected positive sizes",
+        ),
+        (
+            F.max_pool2d,
+            {"kernel_size": 3, "padding": 2},
+            r"max_pool2d: argument 'padding' expected at most half",
+        ),
+        (
+            F.max_pool2d,
+            {"kernel_size": 6},
+            r"max_pool2d: argument 'kernel_size' expected a kernel extent .* no larger than the padded input \(5, 5\)",
+        ),
+        (
+            F.max_pool2d,
+            {"kernel_size": 3, "dilation": 3},
+            r"max_pool2d: argument 'kernel_size' expected a kernel extent",
+        ),
+        (
+            F.avg_pool2d,
+            {"kernel_size": (2, 2, 2)},
+            r"avg_pool2d: argument 'kernel_size' expected an int or a tuple of 2 ints",
+        ),
+        (
+            F.avg_pool2d,
+            {"kernel_size": 2, "padding": 2},
+            r"avg_pool2d: argument 'padding' expected at most half",
+        ),
+        (
+            F.avg_pool2d,
+            {"kernel_size": 7},
+            r"avg_pool2d: argument 'kernel_size' expected a kernel extent",
+        ),
+        (
+            F.avg_pool1d,
+            {"kernel_size": 2},
+            r"avg_pool1d: argument 'x' expected a 3-d \(N, C, \*S\) or 2-d",
+        ),
+        (
+            F.max_pool1d,
+            {"kernel_size": 2},
+            r"max_pool1d: argument 'x' expected a 3-d \(N, C, \*S\) or 2-d",
+        ),
+    ],
+)
+def test_pooling_rejects_bad_input(xp, op, args, match):
+    with pytest.raises(ValueError, match=match):
+        op(xp.asarray(np.ones((1, 2, 5, 5))), **args)
+
+
+def test_pooling_rejects_integer_input_and_bad_grad(xp):
+    with pytest.raises(TypeError, match=r"max_pool2d: argument 'x' expected a real floating"):
+        F.max_pool2d(xp.asarray(np.ones((1, 1, 4, 4), dtype=np.int64)), 2)
+    with pytest.raises(TypeError, match=r"avg_pool2d: argument 'kernel_size' expected an int"):
+        F.avg_pool2d(xp.asarray(np.ones((1, 1, 4, 4))), 2.5)
+    _, cache = F.max_pool2d(xp.asarray(np.ones((1, 1, 4, 4))), 2)
+    with pytest.raises(ValueError, match=r"max_pool2d_backward: argument 'dy' expected shape"):
+        F.max_pool2d_backward(xp.asarray(np.ones((1, 1, 3, 3))), cache)
+
+
+# ------------------------------------------------------------- global pooling and flatten
+
+
+@pytest.mark.parametrize("spatial", [(5,), (3, 4), (2, 3, 2)])
+def test_global_avg_pool(xp, dtype, rng, spatial):
+    x = rng.standard_normal((2, 3, *spatial))
+    y, _ = F.global_avg_pool(xp.asarray(x, dtype=dtype))
+    assert tuple(y.shape) == (2, 3) and y.dtype == dtype
+    tol = {"rtol": 1e-5, "atol": 1e-6} if "32" in str(dtype) else {"rtol": 1e-12, "atol": 1e-14}
+    np.testing.assert_allclose(to_np(y), x.reshape(2, 3, -1).mean(-1), **tol)
+    name = "float64" if "64" in str(dtype) else "float32"
+    compare_with_numpy(
+        xp,
+        F.global_avg_pool,
+        F.global_avg_pool_backward,
+        [x],
+        {},
+        rng.standard_normal((2, 3)),
+        name,
+    )
+    gradcheck(F.global_avg_pool, [xp.asarray(x)])
+
+
+def test_global_avg_pool_matches_torch_adaptive_pool(xp, rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 3, 5, 4))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.adaptive_avg_pool2d(tx, 1).flatten(1)
+    dy = rng.standard_normal((2, 3))
+    ty.backward(torch.tensor(dy))
+    y, cache = F.global_avg_pool(xp.asarray(x))
+    (dx,) = F.global_avg_pool_backward(xp.asarray(dy), cache)
+    np.testing.assert_allclose(to_np(y), ty.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(to_np(dx), tx.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "shape"),
+    [
+        (1, -1, (2, 60)),
+        (0, -1, (120,)),
+        (1, 2, (2, 12, 5)),
+        (2, 2, (2, 3, 4, 5)),
+        (-2, -1, (2, 3, 20)),
+    ],
+)
+def test_flatten(xp, dtype, rng, start, end, shape):
+    x = rng.standard_normal((2, 3, 4, 5))
+    y, cache = F.flatten(xp.asarray(x, dtype=dtype), start_axis=start, end_axis=end)
+    assert tuple(y.shape) == shape and y.dtype == dtype
+    np.testing.assert_array_equal(to_np(y), np.asarray(x, dtype=to_np(y).dtype).reshape(shape))
+    dy = rng.standard_normal(shape)
+    (dx,) = F.flatten_backward(xp.asarray(dy, dtype=dtype), cache)
+    np.testing.assert_array_equal(to_np(dx), np.asarray(dy, dtype=to_np(dx).dtype).reshape(x.shape))
+    gradcheck(F.flatten, [xp.asarray(x[:, :, :2, :2])], {"start_axis": start, "end_axis": end})
+
+
+def test_flatten_rejects_bad_axes(xp):
+    x = xp.asarray(np.ones((2, 3, 4)))
+    with pytest.raises(
+        ValueError, match=r"flatten: argument 'end_axis' expected an axis at or after"
+    ):
+        F.flatten(x, start_axis=2, end_axis=1)
+    with pytest.raises(
+        ValueError, match=r"flatten: argument 'start_axis' expected an axis in \[-3, 3\), got 3"
+    ):
+        F.flatten(x, start_axis=3)
+
+
+def test_cnn_head_needs_nothing_else(xp, rng):
+    """conv -> relu -> max_pool -> global_avg_pool -> linear, forward and backward, gradcheck."""
+
+    def head(x, w, wl):
+        h, c1 = F.conv2d(x, w, padding="same")
+        r, c2 = F.relu(h)
+        p, c3 = F.max_pool2d(r, 2)
+        g, c4 = F.global_avg_pool(p)
+        y, c5 = F.linear(g, wl)
+        return y, (c1, c2, c3, c4, c5)
+
+    def head_backward(dy, caches):
+        c1, c2, c3, c4, c5 = caches
+        dg, dwl, _ = F.linear_backward(dy, c5)
+        (dp,) = F.global_avg_pool_backward(dg, c4)
+        (dr,) = F.max_pool2d_backward(dp, c3)
+        (dh,) = F.relu_backward(dr, c2)
+        dx, dw, _ = F.conv2d_backward(dh, c1)
+        return dx, dw, dwl
+
+    x = xp.asarray(rng.standard_normal((2, 2, 4, 4)))
+    w = xp.asarray(rng.standard_normal((3, 2, 3, 3)))
+    wl = xp.asarray(rng.standard_normal((2, 3)))
+    gradcheck(head, [x, w, wl], backward=head_backward)
