@@ -34,7 +34,8 @@ class DigitsMLP(nn.Module):
 
 
 class DigitsCNN(nn.Module):
-    """conv3×3(16) → ReLU → maxpool2 → conv3×3(32) → ReLU → maxpool2 → linear(128 → 10)."""
+    """conv3×3(16) → ReLU → maxpool2 → conv3×3(32) → ReLU → maxpool2 → linear(128 → 64) → ReLU
+    → linear(64 → 10)."""
 
     def __init__(self, rng: np.random.Generator):
         super().__init__()
@@ -46,7 +47,9 @@ class DigitsCNN(nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(32 * 2 * 2, 10, rng=rng),
+            nn.Linear(32 * 2 * 2, 64, rng=rng),
+            nn.ReLU(),
+            nn.Linear(64, 10, rng=rng),
         )
 
     def forward(self, x: Array) -> tuple[Array, Any]:
@@ -66,7 +69,7 @@ class DigitsRNN(nn.Module):
 
     def forward(self, x: Array) -> tuple[Array, Any]:
         (_, h_n), rnn_backprop = self.rnn(x)  # x (N, 8 rows, 8 pixels); h_n (1, N, H)
-        logits, head_backprop = self.head(h_n[0])
+        logits, head_backprop = self.head(h_n[-1, ...])
 
         def backprop(dy: Array) -> Array:
             dh = head_backprop(dy)
@@ -110,7 +113,9 @@ def build_torch(name: str) -> Any:
                 tnn.ReLU(),
                 tnn.MaxPool2d(2),
                 tnn.Flatten(),
-                tnn.Linear(32 * 2 * 2, 10),
+                tnn.Linear(32 * 2 * 2, 64),
+                tnn.ReLU(),
+                tnn.Linear(64, 10),
             )
 
         def forward(self, x: Any) -> Any:
@@ -124,6 +129,6 @@ def build_torch(name: str) -> Any:
 
         def forward(self, x: Any) -> Any:
             _, h_n = self.rnn(x)
-            return self.head(h_n[0])
+            return self.head(h_n[-1, ...])
 
     return {"mlp": MLP, "cnn": CNN, "rnn": RNN}[name]()

@@ -205,7 +205,11 @@ class _RNNBase(Module):
                 k = layer * D + d
                 xin = _reverse_time(xp, inp, lengths) if d else inp
                 out, h, c, cache = self._run(
-                    xin, h0[k], None if c0 is None else c0[k], self._weights(layer, d), lengths
+                    xin,
+                    h0[k, ...],
+                    None if c0 is None else c0[k, ...],
+                    self._weights(layer, d),
+                    lengths,
                 )
                 outs.append(_reverse_time(xp, out, lengths) if d else out)
                 caches.append(cache)
@@ -243,8 +247,8 @@ class _RNNBase(Module):
                             d_o = _reverse_time(xp, d_o, lengths)
                     dx_k, dh0_k, dc0_k, dws = self._run_backward(
                         d_o,
-                        None if dh_all is None else dh_all[k],
-                        None if dc_all is None else dc_all[k],
+                        None if dh_all is None else dh_all[k, ...],
+                        None if dc_all is None else dc_all[k, ...],
                         caches[k],
                     )
                     for p, g in zip(self._weights(layer, d), dws, strict=True):
