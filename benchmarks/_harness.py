@@ -365,7 +365,7 @@ def _peak_cupy(fn: Callable[[], object]) -> int:
     import cupy
     from cupy.cuda import memory_hook
 
-    class _Peak(memory_hook.MemoryHook):  # type: ignore[misc]
+    class _Peak(memory_hook.MemoryHook):
         name = "bench_peak"
 
         def __init__(self) -> None:
@@ -444,23 +444,29 @@ def gemm_peak(lib: str, n: int, repeat: int, gpu: bool) -> float:
     a_host = rng.standard_normal((n, n), dtype=np.float32)
     b_host = rng.standard_normal((n, n), dtype=np.float32)
     sync: Callable[[], None] = lambda: None  # noqa: E731
+    a: Any
+    b: Any
     if lib == "numpy":
         a, b = a_host, b_host
-        mm: Callable[[], object] = lambda: np.matmul(a, b)  # noqa: E731
+        matmul: Callable[[Any, Any], object] = np.matmul
     elif lib == "cupy":
         import cupy
 
         a, b = cupy.asarray(a_host), cupy.asarray(b_host)
-        mm = lambda: cupy.matmul(a, b)  # noqa: E731
+        matmul = cupy.matmul
         sync = cupy.cuda.Device().synchronize
     else:
         import torch
 
         dev = torch.device("cuda" if gpu else "cpu")
         a, b = torch.from_numpy(a_host).to(dev), torch.from_numpy(b_host).to(dev)
-        mm = lambda: torch.mm(a, b)  # noqa: E731
+        matmul = torch.mm
         if gpu:
             sync = torch.cuda.synchronize
+
+    def mm() -> object:
+        return matmul(a, b)
+
     for _ in range(2):
         mm()
     sync()
