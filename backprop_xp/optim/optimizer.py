@@ -43,17 +43,21 @@ class Optimizer:
         self.lr = lr
         self.initial_lr = lr
         self.state: dict[int, dict[str, Any]] = {}
+        self._namespaces = [get_namespace(p.data) for p in self.params]
 
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
 
     def step(self) -> None:
-        for p in self.params:
+        """Update every parameter that has a gradient."""
+        for p, xp in zip(self.params, self._namespaces, strict=True):
             if p.grad is not None:
-                self._update(p, self.state.setdefault(id(p), {}))
+                self._update(p, self.state.setdefault(id(p), {}), xp)
+                if p.data.ndim == 0:  # NumPy turns 0-d arithmetic results into scalars
+                    p.data = xp.asarray(p.data)
 
-    def _update(self, p: Parameter, state: dict[str, Any]) -> None:
+    def _update(self, p: Parameter, state: dict[str, Any], xp: Any) -> None:
         raise NotImplementedError
 
 
@@ -85,7 +89,7 @@ class SGD(Optimizer):
         self.momentum, self.dampening = momentum, dampening
         self.weight_decay, self.nesterov, self.maximize = weight_decay, nesterov, maximize
 
-    def _update(self, p: Parameter, state: dict[str, Any]) -> None:
+    def _update(self, p: Parameter, state: dict[str, Any], xp: Any) -> None:
         g = -p.grad if self.maximize else p.grad
         if self.weight_decay:
             g = g + self.weight_decay * p.data
@@ -127,8 +131,7 @@ class Adam(Optimizer):
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
         self.amsgrad, self.maximize = amsgrad, maximize
 
-    def _update(self, p: Parameter, state: dict[str, Any]) -> None:
-        xp = get_namespace(p.data)
+    def _update(self, p: Parameter, state: dict[str, Any], xp: Any) -> None:
         g = -p.grad if self.maximize else p.grad
         theta = p.data
         if self.weight_decay:

@@ -1,0 +1,142 @@
+"""backprop_xp.optim: optimizer steps, clipping and schedules against torch.optim."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import to_np
+
+from backprop_xp import nn, optim
+from backprop_xp.backend import library_name
+
+torch = pytest.importorskip("torch")
+
+SHAPES = [(3, 4), (5,), ()]
+
+
+def _params(xp: Any, rng: np.random.Generator) -> tuple[list[nn.Parameter], list[Any]]:
+    values = [rng.standard_normal(s) for s in SHAPES]
+    ours = [nn.Parameter(xp.asarray(v)) for v in values]
+    theirs = [torch.tensor(v, requires_grad=True) for v in values]
+    return ours, theirs
+
+
+def _run(xp: Any, rng: np.random.Generator, make_ours: Any, make_theirs: Any, steps: int = 6):
+    ours, theirs = _params(xp, rng)
+    opt, t_opt = make_ours(ours), make_theirs(theirs)
+    for step in range(steps):
+        grads = [rng.standard_normal(s) for s in SHAPES]
+        for p, tp, g in zip(ours, theirs, grads, strict=True):
+            p.grad = None if step == 2 and g.ndim == 0 else xp.asarray(g)  # a skipped param
+            tp.grad = None if p.grad is None else torch.tensor(g)
+        opt.step()
+        t_opt.step()
+        for p, tp in zip(ours, theirs, strict=True):
+            assert library_name(p.data) == library_name(xp.asarray(np.zeros(1)))
+            np.testing.assert_allclose(
+                to_np(p.data), tp.detach().numpy(), rtol=1e-12, atol=1e-14, err_msg=f"step {step}"
+            )
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"lr": 0.1},
+        {"lr": 0.1, "momentum": 0.9},
+        {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01},
+        {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.1},
+        {"lr": 0.05, "momentum": 0.5, "maximize": True},
+    ],
+)
+def test_sgd_matches_torch(xp, rng, kw):
+    _run(xp, rng, lambda ps: optim.SGD(ps, **kw), lambda ps: torch.optim.SGD(ps, **kw))
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"lr": 1e-2},
+        {"lr": 1e-2, "betas": (0.8, 0.9), "eps": 1e-6, "weight_decay": 0.1},
+        {"lr": 3e-2, "amsgrad": True, "weight_decay": 0.05},
+        {"lr": 1e-2, "maximize": True},
+    ],
+)
+def test_adam_family_matches_torch(xp, rng, cls, kw):
+    _run(
+        xp,
+        rng,
+        lambda ps: getattr(optim, cls)(ps, **kw),
+        lambda ps: getattr(torch.optim, cls)(ps, **kw, foreach=False),
+    )
+
+
+def test_optimizer_takes_a_module_and_zero_grads():
+    model = nn.Linear(3, 2, rng=0)
+    opt = optim.SGD(model, lr=0.1)
+    assert len(opt.params) == 2
+    model.weight.grad = np.ones((2, 3), dtype=np.float32)
+    before = model.weight.data
+    opt.step()
+    np.testing.assert_allclose(model.weight.data, before - 0.1)
+    opt.zero_grad()
+    assert model.weight.grad is None
+    with pytest.raises(ValueError, match="empty"):
+        optim.Adam([])
+    with pytest.raises(TypeError, match="not a Parameter"):
+        optim.Adam([np.zeros(3)])
+    with pytest.raises(ValueError, match="learning rate"):
+        optim.SGD(model, lr=-1)
+    with pytest.raises(ValueError, match="nesterov"):
+        optim.SGD(model, lr=0.1, nesterov=True)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, math.inf])
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])
+def test_clip_grad_norm_matches_torch(xp, rng, norm_type, max_norm):
+    ours, theirs = _params(xp, rng)
+    for p, tp in zip(ours, theirs, strict=True):
+        g = rng.standard_normal(p.shape)
+        p.grad, tp.grad = xp.asarray(g), torch.tensor(g)
+    ours[1].grad = None  # parameters without a gradient are skipped
+    theirs[1].grad = None
+    total = optim.clip_grad_norm(ours, max_norm, norm_type)
+    t_total = torch.nn.utils.clip_grad_norm_(theirs, max_norm, norm_type, foreach=False)
+    # the norm stays an array on the backend: no host synchronization
+    assert library_name(total) == library_name(ours[0].grad)
+    np.testing.assert_allclose(float(total), float(t_total), rtol=1e-12)
+    for p, tp in zip(ours, theirs, strict=True):
+        if p.grad is not None:
+            np.testing.assert_allclose(to_np(p.grad), tp.grad.numpy(), rtol=1e-12)
+
+
+def test_clip_grad_norm_nonfinite():
+    p = nn.Parameter(np.zeros(2))
+    p.grad = np.array([np.inf, 1.0])
+    with pytest.raises(RuntimeError, match="non-finite"):
+        optim.clip_grad_norm([p], 1.0, error_if_nonfinite=True)
+    assert optim.clip_grad_norm([nn.Parameter(np.zeros(2))], 1.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (lambda o: optim.StepLR(o, 3, gamma=0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
+        (lambda o: optim.CosineAnnealingLR(o, 7), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 7)),
+        (lambda o: optim.CosineAnnealingLR(o, 5, eta_min=0.01), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 5, 0.01)),
+    ],
+)  # fmt: skip
+def test_lr_schedules_match_torch(ours, theirs):
+    opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=0.2)
+    t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
+    sched, t_sched = ours(opt), theirs(t_opt)
+    for epoch in range(10):
+        assert opt.lr == pytest.approx(t_opt.param_groups[0]["lr"], rel=1e-12, abs=1e-15), epoch
+        opt.step()
+        t_opt.step()
+        sched.step()
+        t_sched.step()
+    assert sched.get_last_lr() == opt.lr
