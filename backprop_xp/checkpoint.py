@@ -88,7 +88,9 @@ def save(
     for name, a in state.items():
         if not isinstance(name, str) or not name or name == "__metadata__":
             raise ValueError(f"save: invalid tensor name {name!r}")
-        host = np.ascontiguousarray(to_numpy(a))
+        host = np.asarray(to_numpy(a))
+        if not host.flags.c_contiguous:  # (not ascontiguousarray: it makes 0-d arrays 1-d)
+            host = host.copy(order="C")
         if host.dtype.newbyteorder("=") not in _CODES:
             raise TypeError(f"save: tensor {name!r} has unsupported dtype {host.dtype}")
         tensors[name] = host
@@ -235,7 +237,7 @@ def load(
         info = header[name]
         begin, end = info["data_offsets"]
         dt = _DTYPES[info["dtype"]]
-        host = np.frombuffer(data[begin:end], dtype=dt).reshape(info["shape"])
+        host = np.frombuffer(data[begin:end], dtype=dt).reshape(tuple(info["shape"]))
         host = host.astype(dt.newbyteorder("="), copy=True)  # own, writable, native order
         out[name] = host
     if backend is not None or device is not None:
