@@ -95,6 +95,34 @@ def _batch(xp: ModuleType, dy: Array, unbatched: bool, nd: int, op: str) -> Arra
     return dy
 
 
+def _disjoint(win: Window) -> bool:
+    """No two windows share an input element (stride at least the kernel extent)."""
+    return all(
+        s >= d * (k - 1) + 1 for k, s, d in zip(win.kernel, win.stride, win.dilation, strict=True)
+    )
+
+
+def _grad_buffer(xp: ModuleType, win: Window, x_shape: tuple[int, ...], like: Array) -> Array:
+    """The padded input-gradient buffer: uninitialized where the windows tile it exactly
+    (every element is then written once), else zeros."""
+    shape = (*x_shape[:2], *win.padded_size)
+    tiled = _disjoint(win) and all(
+        d == 1 and s == k and s * m == p
+        for k, s, d, m, p in zip(
+            win.kernel, win.stride, win.dilation, win.out_size, win.padded_size, strict=True
+        )
+    )
+    make = xp.empty if tiled else xp.zeros
+    return make(shape, dtype=like.dtype, device=device(like))
+
+
+def _scatter(dx: Array, win: Window, offset: tuple[int, ...], values: Array) -> Array:
+    """Add ``values`` into the elements under ``offset`` of every window (a plain write where
+    windows are disjoint: nothing else lands there)."""
+    at = xpx.at(dx, (..., *win.slices(offset)))
+    return at.set(values) if _disjoint(win) else at.add(values)
+
+
 # --------------------------------------------------------------------------- max pooling
 
 
@@ -131,20 +159,22 @@ def _max_pool_nd(
         kernel_name="kernel_size",
     )
     xpad = pad_spatial(xp, x, win, -math.inf)
+    views = [xpad[(..., *win.slices(k))] for k in win.offsets()]
+    # maximum() propagates NaN (Array API), so a window holding NaN gives NaN.
+    y = views[0]
+    for v in views[1:]:
+        y = xp.maximum(y, v)
+    if len(views) == 1:
+        y = xp.asarray(y, copy=True)  # a 1-element window: never hand back a view of x
+    # The argmax: the first offset whose value equals the maximum. Walking the offsets
+    # backwards, each equal value overwrites the index, so the earliest one is left: ties
+    # go to the first position in window order on every backend. ``v < y`` is False for
+    # every offset of a NaN window, which therefore routes to its first element.
     idt = _index_dtype(xp, win.n_offsets)
     dev = device(x)
-    y = idx = None
-    for j, k in enumerate(win.offsets()):
-        v = xpad[(..., *win.slices(k))]
-        if j == 0:
-            y = xp.asarray(v, copy=True)
-            idx = xp.zeros(tuple(v.shape), dtype=idt, device=dev)
-            continue
-        # Strictly greater: ties keep the earliest offset on every backend. A NaN always
-        # wins and then stays (nothing compares greater than NaN), so NaN propagates.
-        take = (v > y) | xp.isnan(v)
-        y = xp.where(take, v, y)
-        idx = xp.where(take, xp.asarray(j, dtype=idt, device=dev), idx)
+    idx = xp.full(tuple(y.shape), win.n_offsets - 1, dtype=idt, device=dev)
+    for j in range(len(views) - 2, -1, -1):
+        idx = xp.where(views[j] < y, idx, xp.asarray(j, dtype=idt, device=dev))
     return _unbatch(y, unbatched), MaxPoolCache(idx, tuple(x.shape), win, unbatched)
 
 
@@ -156,10 +186,10 @@ def _max_pool_nd_backward(dy: Array, cache: MaxPoolCache, op: str) -> tuple[Arra
         raise shape_error(op, "dy", f"shape {tuple(idx.shape)}", tuple(dy.shape))
     dev = device(dy)
     zero = xp.zeros((), dtype=dy.dtype, device=dev)
-    dx = xp.zeros((*x_shape[:2], *win.padded_size), dtype=dy.dtype, device=dev)
+    dx = _grad_buffer(xp, win, x_shape, dy)
     for j, k in enumerate(win.offsets()):
         routed = xp.where(idx == xp.asarray(j, dtype=idx.dtype, device=dev), dy, zero)
-        dx = xpx.at(dx, (..., *win.slices(k))).add(routed)
+        dx = _scatter(dx, win, k, routed)
     if win.has_padding:
         dx = dx[(..., *win.interior())]
     return (_unbatch(dx, unbatched),)
@@ -172,7 +202,8 @@ _MAX_DOC = r"""{nd}-d max pooling, torch's ``max_pool{nd}d``.
 
     The padding is :math:`-\infty`, so it never wins. The forward records, per window, the
     kernel offset of its maximum; ties go to the first offset in window order (row-major,
-    last axis fastest) on every backend, and a NaN in a window makes the output NaN.
+    last axis fastest) on every backend. A NaN in a window makes the output NaN (and
+    that window's gradient goes to its first position).
 
     Parameters
     ----------
@@ -316,12 +347,12 @@ def _avg_pool_nd(
         kernel_name="kernel_size",
     )
     xpad = pad_spatial(xp, x, win, 0.0)
-    total = None
-    for k in win.offsets():
-        v = xpad[(..., *win.slices(k))]
-        total = xp.asarray(v, copy=True) if total is None else total + v
+    views = [xpad[(..., *win.slices(k))] for k in win.offsets()]
+    total = views[0]
+    for v in views[1:]:
+        total = total + v
     inv = _inv_counts(xp, win, pad, count_include_pad, x)
-    y = total * inv
+    y = total * inv  # a new array even for a 1-element window
     return _unbatch(y, unbatched), AvgPoolCache(inv, tuple(x.shape), win, unbatched)
 
 
@@ -332,9 +363,9 @@ def _avg_pool_nd_backward(dy: Array, cache: AvgPoolCache, op: str) -> tuple[Arra
     if tuple(dy.shape) != (*x_shape[:2], *win.out_size):
         raise shape_error(op, "dy", f"shape {(*x_shape[:2], *win.out_size)}", tuple(dy.shape))
     share = dy * inv
-    dx = xp.zeros((*x_shape[:2], *win.padded_size), dtype=dy.dtype, device=device(dy))
+    dx = _grad_buffer(xp, win, x_shape, dy)
     for k in win.offsets():
-        dx = xpx.at(dx, (..., *win.slices(k))).add(share)
+        dx = _scatter(dx, win, k, share)
     if win.has_padding:
         dx = dx[(..., *win.interior())]
     return (_unbatch(dx, unbatched),)
