@@ -33,6 +33,9 @@ def _ntuple(value: Size, nd: int) -> tuple[int, ...]:
 class _ConvNd(Module):
     _nd = 0
 
+    weight: Parameter
+    bias: Parameter | None
+
     def __init__(
         self,
         in_channels: int,

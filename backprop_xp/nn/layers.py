@@ -56,6 +56,9 @@ class Linear(Module):
     >>> dx = backprop(np.ones_like(y))      # layer.weight.grad, layer.bias.grad now set
     """
 
+    weight: Parameter
+    bias: Parameter | None
+
     def __init__(
         self,
         in_features: int,

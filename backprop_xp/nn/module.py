@@ -41,7 +41,7 @@ class Parameter:
 
     def __init__(self, data: Array):
         self.data = data
-        self.grad: Array | None = None
+        self.grad: Any = None  # an array or None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -121,6 +121,8 @@ class Module:
     """
 
     training: bool
+    _parameters: dict[str, Parameter | None]
+    _modules: dict[str, Module]
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", {})
@@ -128,8 +130,7 @@ class Module:
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        params: dict[str, Parameter | None] = self.__dict__.get("_parameters")  # type: ignore[assignment]
-        if params is None:
+        if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}: call Module.__init__() first")
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
@@ -142,7 +143,7 @@ class Module:
     def register_parameter(self, name: str, param: Parameter | None) -> None:
         """Register ``param`` (``None`` reserves the name, like torch's ``bias=False``)."""
         if param is None:
-            self._parameters[name] = None  # type: ignore[assignment]
+            self._parameters[name] = None
             object.__setattr__(self, name, None)
         else:
             setattr(self, name, param)
@@ -252,13 +253,15 @@ class Module:
         still holds them; its state (momentum buffers) does not move, so build the optimizer
         after moving the model.
         """
+        move = backend is not None or device is not None
         for p in self.parameters():
             xp = get_namespace(p.data)
             if backend is not None:
                 xp = namespace(backend) if isinstance(backend, str) else backend
-            p.data = to_namespace(p.data, xp, device) if backend or device else p.data
-            if p.grad is not None and (backend or device):
-                p.grad = to_namespace(p.grad, xp, device)
+            if move:
+                p.data = to_namespace(p.data, xp, device)
+                if p.grad is not None:
+                    p.grad = to_namespace(p.grad, xp, device)
             if dtype is not None:
                 dt = getattr(xp, dtype) if isinstance(dtype, str) else dtype
                 p.data = xp.astype(p.data, dt)

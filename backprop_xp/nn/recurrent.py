@@ -116,6 +116,7 @@ class _RNNBase(Module):
     def _run(self, x: Array, h0: Array, c0: Array | None, w: list[Any], lengths: Any) -> Any:
         w_ih, w_hh, b_ih, b_hh = (None if p is None else p.data for p in w)
         if self._mode == "lstm":
+            cache: Any
             (out, h, c), cache = F.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
             return out, h, c, cache
         if self._mode == "gru":
@@ -128,10 +129,11 @@ class _RNNBase(Module):
 
     def _run_backward(self, d_out: Array, d_h: Any, d_c: Any, cache: Any) -> Any:
         """``(d_x, d_h0, d_c0, [d_w_ih, d_w_hh, d_b_ih, d_b_hh])``."""
+        g: Any
         if self._mode == "lstm":
             g = F.lstm_backward((d_out, d_h, d_c), cache)
             return g[0], g[1], g[2], list(g[3:7])
-        backward = F.gru_backward if self._mode == "gru" else F.rnn_backward
+        backward: Any = F.gru_backward if self._mode == "gru" else F.rnn_backward
         g = backward((d_out, d_h), cache)
         return g[0], g[1], None, list(g[2:6])
 
@@ -191,7 +193,8 @@ class _RNNBase(Module):
                 f"{name}: argument 'hx' expected shape {(L * D, N, H)}, got {tuple(h0.shape)}"
             )
 
-        caches, drop_bps = [], []
+        caches: list[Any] = []
+        drop_bps: list[Backprop | None] = []
         h_n, c_n = [], []
         inp = x
         for layer in range(L):
@@ -258,10 +261,11 @@ class _RNNBase(Module):
                         dx_k = _reverse_time(xp, dx_k, lengths)
                     d_in = dx_k if d_in is None else d_in + dx_k
                     d_h0[k], d_c0[k] = dh0_k, dc0_k
-                if drop_bps[layer] is not None:
-                    d_in = drop_bps[layer](d_in)
+                drop_bp = drop_bps[layer]
+                if drop_bp is not None:
+                    d_in = drop_bp(d_in)
                 d_layer = d_in
-            dx = d_layer
+            dx: Any = d_layer
             if unbatched:
                 dx = dx[:, 0, :]
             elif self.batch_first:
