@@ -77,9 +77,10 @@ def evaluate(model: nn.Module, xp: Any, X: Any, y: Any, batch_size: int = 512) -
     model.eval()
     correct = xp.asarray(0, dtype=xp.int64, device=device(X))
     for i in range(0, X.shape[0], batch_size):
-        logits, _ = model(X[i : i + batch_size])
+        j = min(i + batch_size, X.shape[0])  # the Array API leaves out-of-range stops undefined
+        logits, _ = model(X[i:j, ...])
         pred = xp.argmax(logits, axis=1)
-        correct = correct + xp.sum(xp.astype(pred == y[i : i + batch_size], xp.int64))
+        correct = correct + xp.sum(xp.astype(pred == y[i:j], xp.int64))
     model.train()
     return int(correct) / X.shape[0]
 
@@ -117,7 +118,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             loss_sum = xp.asarray(0.0, dtype=xp.float32, device=dev)
             correct = xp.asarray(0, dtype=xp.int64, device=dev)
             for step in range(steps_per_epoch):
-                idx = perm[step * args.batch_size : (step + 1) * args.batch_size]
+                idx = perm[step * args.batch_size : min((step + 1) * args.batch_size, n)]
                 xb, yb = xp.take(X_tr, idx, axis=0), xp.take(y_tr, idx, axis=0)
                 logits, backprop = model(xb)
                 loss, dloss = criterion(logits, yb)
