@@ -387,7 +387,13 @@ def run_case(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    ctx = make_context(args)
+    from backprop_xp.backend import BackendUnavailableError
+
+    try:
+        ctx = make_context(args)
+    except BackendUnavailableError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
     threads, _limiter = set_threads(ctx, args)
     if args.settle_ms is None:
         args.settle_ms = 150.0 if threads > 1 and not ctx.gpu and not args.quick else 0.0
