@@ -50,7 +50,8 @@ def test_train_digits_cli(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("model", "backend"), [("mlp", "numpy"), ("rnn", "numpy"), ("mlp", "torch")]
+    ("model", "backend"),
+    [("mlp", "numpy"), ("rnn", "numpy"), ("mlp", "torch"), ("cnn", "array_api_strict")],
 )
 def test_train_digits_models(example, tmp_path, capsys, model, backend):
     if backend != "numpy":
