@@ -64,8 +64,8 @@ def test_train_digits_models(example, tmp_path, capsys, model, backend):
         )
     )  # fmt: skip
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test accuracy: ")
-    assert result["test_accuracy"] > 0.3  # learning, even from 300 images in 2 epochs
-    assert len(result["history"]["loss"]) == 2
+    losses = result["history"]["loss"]
+    assert len(losses) == 2 and losses[1] < losses[0]  # learning, even from 300 images
     assert (tmp_path / "model.safetensors").exists()
 
 
