@@ -365,7 +365,7 @@ def _state_gradient_norms(cell: str, args: list, t_steps: int, g: np.ndarray) ->
     op, backward = OPS[cell]
     n_state = 2 if cell == "lstm" else 1
     _, cache = op(*args)
-    states = [cache.Hs] + ([np.stack(cache.cs)] if cell == "lstm" else [])
+    states = [cache.Hs] + ([cache.Cs] if cell == "lstm" else [])
     norms = []
     for t in reversed(range(t_steps)):
         # h_t is h0 of the remaining steps t+1..T (c_t held fixed for the LSTM)
