@@ -34,18 +34,23 @@ class DigitsMLP(nn.Module):
 
 
 class DigitsCNN(nn.Module):
-    """conv3×3(16) → ReLU → maxpool2 → conv3×3(32) → ReLU → maxpool2 → linear(128 → 64) → ReLU
-    → linear(64 → 10)."""
+    """conv3×3(16) → maxpool2 → ReLU → conv3×3(32) → maxpool2 → ReLU → linear(128 → 64) → ReLU
+    → linear(64 → 10).
+
+    Pooling before the ReLU gives exactly the same values and gradients as the usual
+    conv → ReLU → pool (max-pooling commutes with a monotone function) at a quarter of the
+    ReLU's work.
+    """
 
     def __init__(self, rng: np.random.Generator):
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1, rng=rng),
-            nn.ReLU(),
             nn.MaxPool2d(2),
+            nn.ReLU(),
             nn.Conv2d(16, 32, 3, padding=1, rng=rng),
-            nn.ReLU(),
             nn.MaxPool2d(2),
+            nn.ReLU(),
             nn.Flatten(),
             nn.Linear(32 * 2 * 2, 64, rng=rng),
             nn.ReLU(),
@@ -107,11 +112,11 @@ def build_torch(name: str) -> Any:
             super().__init__()
             self.net = tnn.Sequential(
                 tnn.Conv2d(1, 16, 3, padding=1),
-                tnn.ReLU(),
                 tnn.MaxPool2d(2),
+                tnn.ReLU(),
                 tnn.Conv2d(16, 32, 3, padding=1),
-                tnn.ReLU(),
                 tnn.MaxPool2d(2),
+                tnn.ReLU(),
                 tnn.Flatten(),
                 tnn.Linear(32 * 2 * 2, 64),
                 tnn.ReLU(),
