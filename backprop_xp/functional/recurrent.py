@@ -93,7 +93,7 @@ def _check(
     check_ndim(op, first, states[first], 2, "(N, H)")
     H = int(states[first].shape[1])
     GH = gates * H
-    expected = {name: (N, H) for name in states}
+    expected: dict[str, tuple[int, ...]] = {name: (N, H) for name in states}
     expected.update(w_ih=(GH, D), w_hh=(GH, H), b_ih=(GH,), b_hh=(GH,))
     given = dict(states, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     for name, a in given.items():
@@ -379,7 +379,6 @@ class LSTMCache(NamedTuple):
     Hs: Array  # h0, h_1, ..., h_T (carried), (T+1, N, H)
     Cs: Array  # c0, c_1, ..., c_T (carried), (T+1, N, H)
     TZ: Array  # tanh of the scaled pre-activations, internal gate order (T, N, 4H)
-    TC: Array  # tanh of each step's new cell state, (T, N, H)
     w_ih: Array
     w_hh: Array
     mask: Array | None
@@ -461,7 +460,7 @@ def lstm(
     W_hhT = _transposed_copy(xp, _swap_og(xp, w_hh, H) * scale[:, None])
     h, c = h0, c0
     hs, cs = _Steps(xp, (T + 1, N, H), input), _Steps(xp, (T + 1, N, H), input)
-    tzs, tcs = _Steps(xp, (T, N, 4 * H), input), _Steps(xp, (T, N, H), input)
+    tzs = _Steps(xp, (T, N, 4 * H), input)
     hs[0], cs[0] = h0, c0
     for t in range(T):
         tz = xp.tanh(XW[t, ...] + h @ W_hhT)
@@ -475,12 +474,12 @@ def lstm(
         else:
             h = xp.where(mask[t, ...], h_new, h)
             c = xp.where(mask[t, ...], c_new, c)
-        hs[t + 1], cs[t + 1], tzs[t], tcs[t] = h, c, tz, tc
+        hs[t + 1], cs[t + 1], tzs[t] = h, c, tz
     Hs = hs.data
     zero = xp.zeros((), dtype=input.dtype, device=device(input))
     output = Hs[1:, ...] if mask is None else xp.where(mask, Hs[1:, ...], zero)
     has_b = (b_ih is not None, b_hh is not None)
-    cache = LSTMCache(X, Hs, cs.data, tzs.data, tcs.data, w_ih, w_hh, mask, *has_b)
+    cache = LSTMCache(X, Hs, cs.data, tzs.data, w_ih, w_hh, mask, *has_b)
     return (output, Hs[T, ...], cs.data[T, ...]), cache
 
 
@@ -507,7 +506,7 @@ def lstm_backward(
     (d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None)
     """
     op = "lstm_backward"
-    X, Hs, Cs, TZ, TC, w_ih, w_hh, mask, has_b_ih, has_b_hh = cache
+    X, Hs, Cs, TZ, w_ih, w_hh, mask, has_b_ih, has_b_hh = cache
     dout, dh_n, dc_n = _unpack_grads(op, grad, 3)
     xp = get_namespace(dout, dh_n, dc_n, Hs, op=op, names=("d_output", "d_h_n", "d_c_n", "cache"))
     T, N, H = (int(s) for s in Hs.shape)
@@ -538,7 +537,9 @@ def lstm_backward(
         else:
             m = mask[t, ...]
             dh_t, dc_t = xp.where(m, dh, zero), xp.where(m, dc, zero)
-        tz, tc = TZ[t, ...], TC[t, ...]
+        # tanh c_t again rather than cached: cheaper than the memory (on padded rows Cs holds
+        # the carried state, but dh_t and dc_t are zero there)
+        tz, tc = TZ[t, ...], xp.tanh(Cs[t + 1, ...])
         ifo = tz[:, : 3 * H] * 0.5 + 0.5
         i, f, o, g = ifo[:, :H], ifo[:, H : 2 * H], ifo[:, 2 * H :], tz[:, 3 * H :]
         dc_t = dc_t + dh_t * o * (1 - tc * tc)
