@@ -302,6 +302,7 @@ def test_loss_layers_match_functional(xp, rng):
         (lambda: nn.AvgPool3d((1, 2, 2)), "AvgPool3d((1, 2, 2))", (1, 2, 3, 4, 4)),
         (lambda: nn.Flatten(), "Flatten()", (2, 3, 4, 5)),
         (lambda: nn.Flatten(0, 2), "Flatten(0, 2)", (2, 3, 4, 5)),
+        (lambda: nn.GlobalAvgPool(), "Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())", (2, 3, 4, 5)),
     ],
 )  # fmt: skip
 def test_conv_and_pool_layers_match_torch(xp, rng, ours, theirs, shape):

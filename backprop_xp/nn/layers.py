@@ -16,6 +16,7 @@ __all__ = [
     "ELU",
     "Dropout",
     "Flatten",
+    "GlobalAvgPool",
     "Identity",
     "LeakyReLU",
     "Linear",
@@ -198,21 +199,28 @@ class Flatten(Module):
         self.start_axis, self.end_axis = start_axis, end_axis
 
     def forward(self, x: Array) -> tuple[Array, Backprop]:
-        if hasattr(F, "flatten"):
-            y, cache = F.flatten(x, start_axis=self.start_axis, end_axis=self.end_axis)
+        y, cache = F.flatten(x, start_axis=self.start_axis, end_axis=self.end_axis)
 
-            def backprop(dy: Array) -> Array:
-                return F.flatten_backward(dy, cache)[0]
+        def backprop(dy: Array) -> Array:
+            return F.flatten_backward(dy, cache)[0]
 
-            return y, once("Flatten", backprop)
-        xp = get_namespace(x)
-        shape = tuple(x.shape)
-        s, e = self.start_axis % len(shape), self.end_axis % len(shape)
-        new = (*shape[:s], math.prod(shape[s : e + 1]), *shape[e + 1 :])
-        return xp.reshape(x, new), once("Flatten", lambda dy: xp.reshape(dy, shape))
+        return y, once("Flatten", backprop)
 
     def extra_repr(self) -> str:
         return f"start_axis={self.start_axis}, end_axis={self.end_axis}"
+
+
+class GlobalAvgPool(Module):
+    """Mean over all spatial axes, ``(N, C, *S) → (N, C)`` (``F.global_avg_pool``; torch's
+    ``AdaptiveAvgPool{1,2,3}d(1)`` followed by ``Flatten``)."""
+
+    def forward(self, x: Array) -> tuple[Array, Backprop]:
+        y, cache = F.global_avg_pool(x)
+
+        def backprop(dy: Array) -> Array:
+            return F.global_avg_pool_backward(dy, cache)[0]
+
+        return y, once("GlobalAvgPool", backprop)
 
 
 class Dropout(Module):
