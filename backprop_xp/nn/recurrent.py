@@ -23,7 +23,7 @@ import math
 from typing import Any
 
 from .. import functional as F
-from ..backend import device, get_namespace
+from ..backend import device, get_namespace, to_namespace
 from .init import RNG, resolve_rng, uniform
 from .layers import Dropout
 from .module import Backprop, Module, Parameter, once
@@ -186,8 +186,8 @@ class _RNNBase(Module):
         h0 = zeros if h0 is None else h0
         if self._mode == "lstm":
             c0 = zeros if c0 is None else c0
-        if lengths is not None and not hasattr(lengths, "shape"):
-            lengths = xp.asarray(list(lengths), dtype=xp.int64, device=dev)
+        if lengths is not None:  # a list, or an array of any library (torch keeps them on the host)
+            lengths = to_namespace(lengths, xp, dev)
         if tuple(h0.shape) != (L * D, N, H):
             raise ValueError(
                 f"{name}: argument 'hx' expected shape {(L * D, N, H)}, got {tuple(h0.shape)}"
