@@ -170,12 +170,7 @@ class _RNNBase(Module):
                 f"{name}: argument 'x' expected shape (T, N, {self.input_size}), got "
                 f"{tuple(x.shape)}"
             )
-        N, H, D, L = (
-            x.shape[1],
-            self.hidden_size,
-            self.num_directions,
-            self.num_layers,
-        )
+        N, H, D, L = x.shape[1], self.hidden_size, self.num_directions, self.num_layers
         dev = device(x)
         given_hx = hx is not None
         h0, c0 = (hx if self._mode == "lstm" else (hx, None)) if given_hx else (None, None)
