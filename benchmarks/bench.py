@@ -25,6 +25,7 @@ import importlib
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="pause before each sample so the other side's spinning threads go idle "
         "(default: 150 on multi-threaded CPU runs, else 0)",
+    )
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: this process's CPU time, for --threads 1 runs on a shared machine",
     )
     p.add_argument("--gemm-n", type=int, default=None, help="size of the GEMM-peak probe")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
@@ -295,6 +302,7 @@ def header(ctx: Context, info: dict[str, Any], args: argparse.Namespace, threads
         f"{ctx.dtype}; {tf32}; warm-up {args.warmup}; median of {args.repeat} samples "
         f"in ABBA order, each >= {args.min_sample_ms:g} ms of calls"
         + (f" after a {args.settle_ms:g} ms pause" if args.settle_ms else "")
+        + ("; clock: process CPU time" if args.clock == "cpu" else "")
         + ("; GPU synchronized before each clock read" if ctx.gpu else "")
     )
     lines.append(f"date {info['date']}; load average {info['load_avg']}; commit {info['commit']}")
@@ -348,6 +356,7 @@ def run_case(
             warmup=args.warmup,
             min_sample_s=args.min_sample_ms / 1e3,
             settle_s=args.settle_ms / 1e3,
+            clock=time.process_time if args.clock == "cpu" else time.perf_counter,
         )
     except Exception as e:
         traceback.print_exc(file=sys.stderr)
@@ -395,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {e}", file=sys.stderr)
         return 2
     threads, _limiter = set_threads(ctx, args)
+    if args.clock == "cpu" and (threads != 1 or ctx.gpu):
+        print("bench: --clock cpu needs a CPU run with --threads 1", file=sys.stderr)
+        return 2
     if args.settle_ms is None:
         args.settle_ms = 150.0 if threads > 1 and not ctx.gpu and not args.quick else 0.0
     info = machine_info(ctx, REPO)
@@ -448,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                     "warmup",
                     "min_sample_ms",
                     "settle_ms",
+                    "clock",
                     "quick",
                     "seed",
                     "ops",
