@@ -448,7 +448,9 @@ class BackgroundLoad:
 # -- GEMM peak -----------------------------------------------------------------------------
 
 
-def gemm_peak(lib: str, n: int, repeat: int, gpu: bool) -> float:
+def gemm_peak(
+    lib: str, n: int, repeat: int, gpu: bool, clock: Callable[[], float] = time.perf_counter
+) -> float:
     """Float32 ``n x n @ n x n`` GFLOP/s in ``lib`` (``numpy``, ``cupy``, ``torch``): median."""
     rng = np.random.default_rng(0)
     a_host = rng.standard_normal((n, n), dtype=np.float32)
@@ -481,7 +483,7 @@ def gemm_peak(lib: str, n: int, repeat: int, gpu: bool) -> float:
         mm()
     sync()
     with _gc_paused():
-        times = [_sample(mm, sync, 1) for _ in range(repeat)]
+        times = [_sample(mm, sync, 1, clock=clock) for _ in range(repeat)]
     return 2 * n**3 / statistics.median(times) / 1e9
 
 

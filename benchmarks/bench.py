@@ -328,10 +328,11 @@ def measure_peaks(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
         n = 256 if args.quick else 2048
     repeat = 3 if args.quick else 7
     libs = [ctx.backend] if ctx.backend == "torch" else [ctx.backend, "torch"]
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     return {
         "n": n,
         "repeat": repeat,
-        "gflops": {lib: gemm_peak(lib, n, repeat, ctx.gpu) for lib in libs},
+        "gflops": {lib: gemm_peak(lib, n, repeat, ctx.gpu, clock) for lib in libs},
     }
 
 
