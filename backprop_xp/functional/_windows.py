@@ -156,9 +156,13 @@ def pad_spatial(
         return x
     nd = len(win.in_size)
     lead = tuple(x.shape[: x.ndim - nd])
-    shape = (*lead, *win.padded_size)
-    if fill == 0.0:
-        buf = xp.zeros(shape, dtype=x.dtype, device=device(x))
-    else:
-        buf = xp.full(shape, fill, dtype=x.dtype, device=device(x))
-    return xpx.at(buf, (..., *win.interior())).set(x)
+    buf = xp.empty((*lead, *win.padded_size), dtype=x.dtype, device=device(x))
+    buf = xpx.at(buf, (..., *win.interior())).set(x)
+    # Fill only the border slabs: cheaper than filling the whole buffer first.
+    for axis, (lo, n, hi) in enumerate(zip(win.pad_lo, win.in_size, win.pad_hi, strict=True)):
+        before = (slice(None),) * axis
+        after = (slice(None),) * (nd - axis - 1)
+        for part in (slice(0, lo), slice(lo + n, lo + n + hi)):
+            if part.stop > part.start:
+                buf = xpx.at(buf, (..., *before, part, *after)).set(fill)
+    return buf

@@ -27,7 +27,7 @@ back into a zero-padded ``dx``. With stride 1, ``dx`` is itself a stride-1 convo
 replaces col2im's ``|K|`` read-modify-write passes over ``dx``.
 
 Batches are processed in chunks so that the im2col buffers alive at one time stay under a
-byte budget, :func:`set_conv_workspace_bytes` (default 16 MiB); each chunk is still one GEMM
+byte budget, :func:`set_conv_workspace_bytes` (default 8 MiB); each chunk is still one GEMM
 per direction.
 """
 
@@ -56,11 +56,11 @@ __all__ = [
 
 Array = Any
 
-_WORKSPACE = {"bytes": 16 * 2**20}
+_WORKSPACE = {"bytes": 8 * 2**20}
 
 
 def set_conv_workspace_bytes(nbytes: int) -> None:
-    """Bound the im2col workspace of the convolutions (default 16 MiB).
+    """Bound the im2col workspace of the convolutions (default 8 MiB).
 
     The forward builds ``cols``, ``C_in * prod(kernel) * prod(out_spatial) * itemsize``
     bytes per batch item; the backward builds ``cols`` and then either ``dcols`` (same size,
@@ -162,7 +162,7 @@ def _conv_nd(
         yc = xp.matmul(Wg, cols)  # (G, C_out/G, n |L|)
         yc = xp.reshape(yc, (c_out, b - a, *win.out_size))
         if bias is not None:
-            yc = yc + xp.reshape(bias, (c_out, 1, *(1,) * nd))
+            yc = xpx.at(yc, ...).add(xp.reshape(bias, (c_out, 1, *(1,) * nd)))  # yc is ours
         y = xpx.at(y, (slice(a, b), ...)).set(xp.permute_dims(yc, (1, 0, *range(2, nd + 2))))
     return y, ConvCache(x, weight, bias is not None, win, groups)
 
