@@ -489,3 +489,11 @@ def test_bad_options(xp, rng):
         F.rnn_backward((y, None), cache, truncate=0)
     with pytest.raises(ValueError, match=r"^lstm_backward: argument 'grad' expected a tuple of 3"):
         F.lstm_backward((y, h_n), F.lstm(*to_xp(xp, make_inputs(rng, "lstm")))[1])
+
+
+def test_array_inputs_by_keyword(xp, rng):
+    x, h0, c0, w_ih, w_hh, _, b_hh, lengths = to_xp(xp, make_inputs(rng, "lstm", lengths=True))
+    by_name, _ = F.lstm(x, h0, c0, w_ih, w_hh, b_hh=b_hh, lengths=lengths)
+    by_position, _ = F.lstm(x, h0, c0, w_ih, w_hh, None, b_hh, lengths)
+    for a, b in zip(by_name, by_position, strict=True):
+        assert_close(a, b, rtol=0, atol=0)

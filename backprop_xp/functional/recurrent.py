@@ -12,8 +12,9 @@ Notation
 
 Protocol
 --------
-Array inputs are the positional parameters; the gradient tuple has one entry per positional
-parameter, in order, whether or not it was passed: ``None`` for an absent bias and always
+The array inputs are the parameters before the keyword-only options (pass them by position
+or by name, ``lengths=...`` included); the gradient tuple has one entry per such parameter,
+in order, whether or not it was passed: ``None`` for an absent bias and always
 ``None`` for ``lengths`` (integers have no gradient). ``rnn_backward`` thus returns 7 entries
 ``(d_input, d_h0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None)``.
 
@@ -232,7 +233,6 @@ def rnn(
     b_ih: Array | None = None,
     b_hh: Array | None = None,
     lengths: Array | None = None,
-    /,
     *,
     nonlinearity: str = "tanh",
 ) -> tuple[tuple[Array, Array], RNNCache]:
@@ -411,7 +411,6 @@ def lstm(
     b_ih: Array | None = None,
     b_hh: Array | None = None,
     lengths: Array | None = None,
-    /,
 ) -> tuple[tuple[Array, Array, Array], LSTMCache]:
     r"""LSTM over a sequence (one layer of ``torch.nn.LSTM``), gates in torch's order i, f, g, o.
 
@@ -597,7 +596,6 @@ def gru(
     b_ih: Array | None = None,
     b_hh: Array | None = None,
     lengths: Array | None = None,
-    /,
 ) -> tuple[tuple[Array, Array], GRUCache]:
     r"""GRU over a sequence (one layer of ``torch.nn.GRU``), gates in torch's order r, z, n.
 
