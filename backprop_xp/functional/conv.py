@@ -24,7 +24,9 @@ position), one strided slice of the padded input per kernel offset. Then per gro
 ``dcols = W^T @ dY`` (one GEMM) and col2im adds each kernel offset's block of ``dcols``
 back into a zero-padded ``dx``. With stride 1, ``dx`` is itself a stride-1 convolution of
 ``dY`` with the flipped, transposed kernel, so ``dx = W_flip^T @ im2col(dY)`` (one GEMM)
-replaces col2im's ``|K|`` read-modify-write passes over ``dx``.
+replaces col2im's ``|K|`` read-modify-write passes over ``dx``; the same ``im2col(dY)``
+also gives the weight gradient, ``dW_flip = im2col(dY) @ x^T``, so the stride-1 backward
+builds one im2col buffer instead of two.
 
 Batches are processed in chunks so that the im2col buffers alive at one time stay under a
 byte budget, :func:`set_conv_workspace_bytes` (default 8 MiB); each chunk is still one GEMM
