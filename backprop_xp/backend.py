@@ -52,7 +52,8 @@ class BackendUnavailableError(RuntimeError):
 
 
 def _is_array(x: object) -> bool:
-    return x is not None and not isinstance(x, (bool, int, float, complex))
+    # exact types: NumPy scalars such as np.float64 subclass float but carry a namespace
+    return x is not None and type(x) not in (bool, int, float, complex)
 
 
 def library_name(x: Array) -> str:

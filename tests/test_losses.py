@@ -9,6 +9,7 @@ import pytest
 from helpers import compare_with_numpy, to_np
 
 import backprop_xp
+from backprop_xp import backend as B
 from backprop_xp import functional as F
 from backprop_xp.testing import assert_close, gradcheck
 
@@ -168,6 +169,17 @@ def test_cross_entropy_gradient_is_softmax_minus_onehot(xp, rng):
     p, _ = F.softmax(xp.asarray(x))
     assert_close(dx, p - xp.asarray(np.eye(3)[t]), rtol=1e-12, atol=1e-15)
     assert dt is None and dw is None
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reduced_losses_are_0d_arrays_of_the_input_namespace(xp, dtype, rng, reduction):
+    x, t = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    for loss, _ in (
+        F.cross_entropy(xp.asarray(x, dtype=dtype), xp.asarray(np.arange(3)), reduction=reduction),
+        F.mse_loss(xp.asarray(x, dtype=dtype), xp.asarray(t, dtype=dtype), reduction=reduction),
+    ):
+        assert loss.ndim == 0 and loss.dtype == dtype
+        assert B.get_namespace(loss) is B.get_namespace(xp.asarray(x))
 
 
 def test_cross_entropy_unbatched(xp, rng):

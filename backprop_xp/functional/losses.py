@@ -31,7 +31,8 @@ def _reduce(xp: ModuleType, loss: Array, reduction: str, denominator: Array | No
     if reduction == "none":
         return loss
     total = xp.sum(loss)
-    return total if reduction == "sum" else total / denominator
+    # asarray: NumPy reduces to a NumPy scalar; the protocol returns 0-d arrays
+    return xp.asarray(total if reduction == "sum" else total / denominator)
 
 
 def _count(xp: ModuleType, a: Array, like: Array) -> Array:
