@@ -247,7 +247,7 @@ def row_cells(r: dict[str, Any]) -> list[str]:
         r["shape"],
         _fmt(r["ms_ours"], ".3f"),
         _fmt(r["ms_torch"], ".3f"),
-        _fmt(r["ratio"], ".2f"),
+        _fmt(r["ratio"], ".3f"),
         "-" if target is None else f"<={target:g}",
         "-" if r["met"] is None else ("yes" if r["met"] else "NO"),
         _fmt(r["gflops"], ".1f"),
