@@ -489,6 +489,10 @@ def test_bad_options(xp, rng):
         F.rnn_backward((y, None), cache, truncate=0)
     with pytest.raises(ValueError, match=r"^lstm_backward: argument 'grad' expected a tuple of 3"):
         F.lstm_backward((y, h_n), F.lstm(*to_xp(xp, make_inputs(rng, "lstm")))[1])
+    with pytest.raises(
+        ValueError, match=r"^rnn_backward: argument 'd_h_n' expected shape \(3, 2\)"
+    ):
+        F.rnn_backward((None, y), cache)
 
 
 def test_array_inputs_by_keyword(xp, rng):

@@ -141,13 +141,19 @@ def _check_truncate(op: str, truncate: int | None, T: int) -> int:
     return min(truncate, T)
 
 
-def _unpack_grads(op: str, grad: Any, n: int) -> tuple[Array | None, ...]:
+def _unpack_grads(
+    op: str, grad: Any, names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...]
+) -> tuple[Array | None, ...]:
+    n = len(names)
     if not isinstance(grad, (tuple, list)) or len(grad) != n:
         raise ValueError(
-            f"{op}: argument 'grad' expected a tuple of {n} cotangents (None allowed), got "
-            f"{type(grad).__name__}"
-            + (f" of length {len(grad)}" if isinstance(grad, tuple) else "")
+            f"{op}: argument 'grad' expected a tuple of {n} cotangents ({', '.join(names)}; "
+            f"None allowed), got {type(grad).__name__}"
+            + (f" of length {len(grad)}" if isinstance(grad, (tuple, list)) else "")
         )
+    for name, g, shape in zip(names, grad, shapes, strict=True):
+        if g is not None and tuple(g.shape) != shape:
+            raise shape_error(op, name, f"shape {shape}", f"shape {tuple(g.shape)}")
     return tuple(grad)
 
 
@@ -163,8 +169,9 @@ class _Steps:
 
     One buffer per cached quantity instead of a list of per-step arrays: the memory comes in
     one allocation (NumPy asks for huge pages from 4 MiB on), not as T fresh blocks that each
-    page-fault on first touch (~10 ms per call for an LSTM of T=64, N=32, H=256), and the
-    weight GEMMs read it without a final ``stack``. Writes are in place where the library
+    page-fault on first touch (an LSTM of T=64, N=32, H=256 went from ~4700 to ~2000 page
+    faults and from 11 to 6 ms of system time per forward+backward), and the weight GEMMs read
+    it without a final ``stack``. Writes are in place where the library
     allows it, else through ``array_api_extra.at`` (immutable arrays).
     """
 
@@ -252,7 +259,9 @@ def rnn(
         torch's ``weight_hh_l0``.
     b_ih, b_hh : array, shape (H,), optional
     lengths : integer array, shape (N,), optional
-        Valid steps of each sequence, in ``[0, T]``, any order; see the module docstring.
+        Valid steps of each sequence, in ``[0, T]``, any order, on the device of ``input``
+        (unlike torch's ``pack_padded_sequence``, which wants them on the CPU); see the
+        module docstring.
     nonlinearity : {"tanh", "relu"}
 
     Returns
@@ -330,10 +339,10 @@ def rnn_backward(
     """
     op = "rnn_backward"
     X, Hs, w_ih, w_hh, mask, nonlinearity, has_b_ih, has_b_hh = cache
-    dout, dh_n = _unpack_grads(op, grad, 2)
-    xp = get_namespace(dout, dh_n, Hs, op=op, names=("d_output", "d_h_n", "cache"))
     T, N, H = (int(s) for s in Hs.shape)
     T -= 1
+    dout, dh_n = _unpack_grads(op, grad, ("d_output", "d_h_n"), ((T, N, H), (N, H)))
+    xp = get_namespace(dout, dh_n, Hs, op=op, names=("d_output", "d_h_n", "cache"))
     dims = _Dims(T, N, int(X.shape[1]), H)
     k = _check_truncate(op, truncate, T)
     s = T - k
@@ -506,10 +515,11 @@ def lstm_backward(
     """
     op = "lstm_backward"
     X, Hs, Cs, TZ, w_ih, w_hh, mask, has_b_ih, has_b_hh = cache
-    dout, dh_n, dc_n = _unpack_grads(op, grad, 3)
-    xp = get_namespace(dout, dh_n, dc_n, Hs, op=op, names=("d_output", "d_h_n", "d_c_n", "cache"))
     T, N, H = (int(s) for s in Hs.shape)
     T -= 1
+    names = ("d_output", "d_h_n", "d_c_n")
+    dout, dh_n, dc_n = _unpack_grads(op, grad, names, ((T, N, H), (N, H), (N, H)))
+    xp = get_namespace(dout, dh_n, dc_n, Hs, op=op, names=(*names, "cache"))
     dims = _Dims(T, N, int(X.shape[1]), H)
     k = _check_truncate(op, truncate, T)
     s = T - k
@@ -689,10 +699,10 @@ def gru_backward(
     """
     op = "gru_backward"
     X, Hs, RZ, HN, NS, w_ih, w_hh, mask, has_b_ih, has_b_hh = cache
-    dout, dh_n = _unpack_grads(op, grad, 2)
-    xp = get_namespace(dout, dh_n, Hs, op=op, names=("d_output", "d_h_n", "cache"))
     T, N, H = (int(s) for s in Hs.shape)
     T -= 1
+    dout, dh_n = _unpack_grads(op, grad, ("d_output", "d_h_n"), ((T, N, H), (N, H)))
+    xp = get_namespace(dout, dh_n, Hs, op=op, names=("d_output", "d_h_n", "cache"))
     D = int(X.shape[1])
     k = _check_truncate(op, truncate, T)
     s = T - k
