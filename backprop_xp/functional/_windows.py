@@ -29,7 +29,7 @@ def as_tuple(op: str, name: str, value: object, nd: int, *, minimum: int) -> tup
     try:
         if any(isinstance(v, bool) for v in items):
             raise TypeError
-        ints = tuple(operator.index(v) for v in items)  # type: ignore[call-overload]
+        ints = tuple(operator.index(v) for v in items)
     except TypeError:
         raise TypeError(
             f"{op}: argument '{name}' expected an int or a tuple of {nd} ints, got {value!r}"
@@ -88,6 +88,14 @@ class Window:
     def interior(self) -> tuple[slice, ...]:
         """Slices of the padded spatial axes that hold the unpadded input."""
         return tuple(slice(lo, lo + n) for lo, n in zip(self.pad_lo, self.in_size, strict=True))
+
+    def index(self, offset: Sequence[int]) -> tuple[Any, ...]:
+        """``(..., *slices(offset))``: the index of that offset's elements in a padded array."""
+        return (Ellipsis, *self.slices(offset))
+
+    def interior_index(self) -> tuple[Any, ...]:
+        """``(..., *interior())``: the index of the unpadded input in a padded array."""
+        return (Ellipsis, *self.interior())
 
     @property
     def has_padding(self) -> bool:
@@ -157,7 +165,7 @@ def pad_spatial(
     nd = len(win.in_size)
     lead = tuple(x.shape[: x.ndim - nd])
     buf = xp.empty((*lead, *win.padded_size), dtype=x.dtype, device=device(x))
-    buf = xpx.at(buf, (..., *win.interior())).set(x)
+    buf = xpx.at(buf, win.interior_index()).set(x)
     # Fill only the border slabs: cheaper than filling the whole buffer first.
     for axis, (lo, n, hi) in enumerate(zip(win.pad_lo, win.in_size, win.pad_hi, strict=True)):
         before = (slice(None),) * axis

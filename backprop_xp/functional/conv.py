@@ -240,7 +240,8 @@ def _backward_im2col_dy(
     perm = (1, 0, *range(2, nd + 2))
     per_item = win.n_offsets * c_out * _prod(win.in_size)  # dycols
     for a, b in _chunks(n, per_item, x.dtype):
-        dycols = _im2col(xp, dy[(slice(a, b), slice(None), *crop)], twin, groups)
+        rows = (slice(a, b), slice(None), *crop)
+        dycols = _im2col(xp, dy[rows], twin, groups)
         xt = xp.reshape(xp.permute_dims(x[a:b, ...], perm), (groups, c_g, -1))
         dWf = dWf + xp.matmul(dycols, xp.permute_dims(xt, (0, 2, 1)))
         dxc = xp.reshape(xp.matmul(Wt, dycols), (c_in, b - a, *win.in_size))
@@ -318,7 +319,7 @@ def _im2col(xp: ModuleType, x: Array, win: Window, groups: int) -> Array:
     """
     nd = len(win.in_size)
     xt = pad_spatial(xp, x, win, 0.0, perm=(1, 0, *range(2, nd + 2)))  # (C, n, *S_pad)
-    blocks = [xt[(..., *win.slices(k))] for k in win.offsets()]
+    blocks = [xt[win.index(k)] for k in win.offsets()]
     cols = xp.stack(blocks, axis=1)  # (C, |K|, n, *L)
     return xp.reshape(cols, (groups, -1, x.shape[0] * _prod(win.out_size)))
 
@@ -333,9 +334,9 @@ def _col2im(xp: ModuleType, dcols: Array, win: Window, c_in: int, n: int) -> Arr
     blocks = xp.reshape(dcols, (c_in, win.n_offsets, n, *win.out_size))
     buf = xp.zeros((c_in, n, *win.padded_size), dtype=dcols.dtype, device=device(dcols))
     for j, k in enumerate(win.offsets()):
-        buf = xpx.at(buf, (..., *win.slices(k))).add(blocks[:, j, ...])
+        buf = xpx.at(buf, win.index(k)).add(blocks[:, j, ...])
     if win.has_padding:
-        buf = buf[(..., *win.interior())]
+        buf = buf[win.interior_index()]
     return buf
 
 

@@ -119,7 +119,7 @@ def _grad_buffer(xp: ModuleType, win: Window, x_shape: tuple[int, ...], like: Ar
 def _scatter(dx: Array, win: Window, offset: tuple[int, ...], values: Array) -> Array:
     """Add ``values`` into the elements under ``offset`` of every window (a plain write where
     windows are disjoint: nothing else lands there)."""
-    at = xpx.at(dx, (..., *win.slices(offset)))
+    at = xpx.at(dx, win.index(offset))
     return at.set(values) if _disjoint(win) else at.add(values)
 
 
@@ -159,7 +159,7 @@ def _max_pool_nd(
         kernel_name="kernel_size",
     )
     xpad = pad_spatial(xp, x, win, -math.inf)
-    views = [xpad[(..., *win.slices(k))] for k in win.offsets()]
+    views = [xpad[win.index(k)] for k in win.offsets()]
     # maximum() propagates NaN (Array API), so a window holding NaN gives NaN.
     y = views[0]
     for v in views[1:]:
@@ -194,7 +194,7 @@ def _max_pool_nd_backward(dy: Array, cache: MaxPoolCache, op: str) -> tuple[Arra
         mask = xp.astype(idx == xp.asarray(j, dtype=idx.dtype, device=dev), dy.dtype)
         dx = _scatter(dx, win, k, dy * mask)
     if win.has_padding:
-        dx = dx[(..., *win.interior())]
+        dx = dx[win.interior_index()]
     return (_unbatch(dx, unbatched),)
 
 
@@ -352,7 +352,7 @@ def _avg_pool_nd(
         kernel_name="kernel_size",
     )
     xpad = pad_spatial(xp, x, win, 0.0)
-    views = [xpad[(..., *win.slices(k))] for k in win.offsets()]
+    views = [xpad[win.index(k)] for k in win.offsets()]
     total = views[0]
     for v in views[1:]:
         total = total + v
@@ -372,7 +372,7 @@ def _avg_pool_nd_backward(dy: Array, cache: AvgPoolCache, op: str) -> tuple[Arra
     for k in win.offsets():
         dx = _scatter(dx, win, k, share)
     if win.has_padding:
-        dx = dx[(..., *win.interior())]
+        dx = dx[win.interior_index()]
     return (_unbatch(dx, unbatched),)
 
 
