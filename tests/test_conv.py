@@ -329,3 +329,23 @@ def test_conv_backward_rejects_wrong_grad_shape(xp):
 def test_conv_workspace_knob_rejects_nonpositive():
     with pytest.raises(ValueError, match=r"set_conv_workspace_bytes: argument 'nbytes'"):
         conv_module.set_conv_workspace_bytes(0)
+
+
+def test_conv_and_pool_accept_non_contiguous_inputs(xp, rng):
+    x, w, b = _draw(rng, 2, 3, 4, (6, 7), 3, 1)
+    xc = xp.asarray(x)
+    # the same values, as a transposed view: not C-contiguous on any strided backend
+    xn = xp.permute_dims(xp.asarray(np.ascontiguousarray(x.transpose(0, 1, 3, 2))), (0, 1, 3, 2))
+    wn = xp.permute_dims(xp.asarray(np.ascontiguousarray(w.transpose(1, 0, 2, 3))), (1, 0, 2, 3))
+    dy = rng.standard_normal((2, 4, 3, 4))
+    ref = F.conv2d(xc, xp.asarray(w), xp.asarray(b), stride=2, padding=1)
+    got = F.conv2d(xn, wn, xp.asarray(b), stride=2, padding=1)
+    assert_close(got[0], ref[0], rtol=1e-12, atol=1e-12)
+    for g, r in zip(
+        F.conv2d_backward(xp.asarray(dy), got[1]),
+        F.conv2d_backward(xp.asarray(dy), ref[1]),
+        strict=True,
+    ):
+        assert_close(g, r, rtol=1e-12, atol=1e-12)
+    for op in (F.max_pool2d, F.avg_pool2d):
+        assert_close(op(xn, 3, 2, 1)[0], op(xc, 3, 2, 1)[0])

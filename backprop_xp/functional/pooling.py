@@ -186,12 +186,11 @@ def _max_pool_nd_backward(dy: Array, cache: MaxPoolCache, op: str) -> tuple[Arra
     dy = _batch(xp, dy, unbatched, len(win.in_size), op)
     if tuple(dy.shape) != tuple(idx.shape):
         raise shape_error(op, "dy", f"shape {tuple(idx.shape)}", tuple(dy.shape))
-    dev = device(dy)
     dx = _grad_buffer(xp, win, x_shape, dy)
     for j, k in enumerate(win.offsets()):
         # dy * mask, not where(mask, dy, 0): the same values for finite dy, several times
         # faster on NumPy; a non-finite dy turns the rest of its window NaN, not 0.
-        mask = xp.astype(idx == xp.asarray(j, dtype=idx.dtype, device=dev), dy.dtype)
+        mask = xp.astype(idx == j, dy.dtype)
         dx = _scatter(dx, win, k, dy * mask)
     if win.has_padding:
         dx = dx[win.interior_index()]
