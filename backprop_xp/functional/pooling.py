@@ -127,10 +127,34 @@ def _scatter(dx: Array, win: Window, offset: tuple[int, ...], values: Array) -> 
 
 
 class MaxPoolCache(NamedTuple):
-    argmax: Array  # offset index (window order) of each window's maximum, shape of y
+    # Per spatial axis, the offset (0..k-1) of the maximum along that axis, from the
+    # separable forward (None where the kernel has size 1 along that axis).
+    argmax: tuple[Array | None, ...]
     x_shape: tuple[int, ...]
     win: Window
     unbatched: bool
+
+
+def _axis_index(win: Window, axis: int, offset: int) -> tuple[Any, ...]:
+    """The elements at kernel ``offset`` along spatial ``axis`` of every window: a strided
+    slice of that axis; the spatial axes after it are already pooled (kept whole)."""
+    nd = len(win.kernel)
+    d, s, m = win.dilation[axis], win.stride[axis], win.out_size[axis]
+    part = slice(offset * d, offset * d + (m - 1) * s + 1, s)
+    return (Ellipsis, part, *(slice(None),) * (nd - 1 - axis))
+
+
+def _overlaps_earlier(win: Window, axis: int, j: int) -> bool:
+    """Whether offset ``j`` along ``axis`` hits an element that an earlier offset (of some
+    window) also hits: offsets ``i < j`` meet where ``(j - i) d`` is a multiple of the stride
+    below the window span. Until then a plain write into the zeroed buffer suffices."""
+    d, s, m = win.dilation[axis], win.stride[axis], win.out_size[axis]
+    return any((j - i) * d % s == 0 and (j - i) * d // s < m for i in range(j))
+
+
+def _axis_tiled(win: Window, axis: int) -> bool:
+    k, s, d = win.kernel[axis], win.stride[axis], win.dilation[axis]
+    return (k == 1 or d == 1) and s == k and s * win.out_size[axis] == win.padded_size[axis]
 
 
 def _max_pool_nd(
@@ -158,43 +182,68 @@ def _max_pool_nd(
         ceil_mode=ceil_mode,
         kernel_name="kernel_size",
     )
-    xpad = pad_spatial(xp, x, win, -math.inf)
-    views = [xpad[win.index(k)] for k in win.offsets()]
-    # maximum() propagates NaN (Array API), so a window holding NaN gives NaN.
-    y = views[0]
-    for v in views[1:]:
-        y = xp.maximum(y, v)
-    if len(views) == 1:
+    # The max over a box is a max over the last axis, then the next-to-last, ...: one 1-d
+    # pooling per axis, sum(k) - nd elementwise maxima instead of prod(k) - 1. Pooling the
+    # last axis first keeps torch's tie rule: the first maximum in row-major window order
+    # lies in the first row (outer axis) holding the maximum, at that row's first maximum.
+    y = pad_spatial(xp, x, win, -math.inf)
+    argmax: list[Array | None] = [None] * nd
+    for axis in reversed(range(nd)):
+        views = [y[_axis_index(win, axis, j)] for j in range(win.kernel[axis])]
+        y = views[0]
+        for v in views[1:]:
+            y = xp.maximum(y, v)  # propagates NaN (Array API), so a NaN window gives NaN
+        if len(views) > 1:
+            # The first offset holding the maximum is the number of leading offsets below
+            # it. Counted with compare/and/add: where() on a data-dependent mask is several
+            # times slower on NumPy (branch mispredictions).
+            idt = _index_dtype(xp, len(views))
+            below = views[0] < y
+            idx = xp.astype(below, idt)
+            for v in views[1:-1]:
+                below = below & (v < y)
+                idx = idx + xp.astype(below, idt)
+            argmax[axis] = idx
+    if win.n_offsets == 1:
         y = xp.asarray(y, copy=True)  # a 1-element window: never hand back a view of x
-    # The argmax is the first offset whose value equals the maximum, i.e. the number of
-    # leading offsets whose value is below it: ties go to the first position in window
-    # order, identically on every backend. Counting with compare/and/add rather than
-    # where(): where() on a data-dependent mask is several times slower on NumPy (branch
-    # mispredictions). ``v < y`` is False throughout a NaN window: it routes to position 0.
-    idt = _index_dtype(xp, win.n_offsets)
-    below = views[0] < y
-    idx = xp.astype(below, idt)
-    for v in views[1:-1]:
-        below = below & (v < y)
-        idx = idx + xp.astype(below, idt)
-    return _unbatch(y, unbatched), MaxPoolCache(idx, tuple(x.shape), win, unbatched)
+    return _unbatch(y, unbatched), MaxPoolCache(tuple(argmax), tuple(x.shape), win, unbatched)
 
 
 def _max_pool_nd_backward(dy: Array, cache: MaxPoolCache, op: str) -> tuple[Array]:
-    idx, x_shape, win, unbatched = cache
-    xp = get_namespace(dy, idx, op=op, names=("dy", "argmax"))
-    dy = _batch(xp, dy, unbatched, len(win.in_size), op)
-    if tuple(dy.shape) != tuple(idx.shape):
-        raise shape_error(op, "dy", f"shape {tuple(idx.shape)}", tuple(dy.shape))
-    dx = _grad_buffer(xp, win, x_shape, dy)
-    for j, k in enumerate(win.offsets()):
-        # dy * mask, not where(mask, dy, 0): the same values for finite dy, several times
-        # faster on NumPy; a non-finite dy turns the rest of its window NaN, not 0.
-        mask = xp.astype(idx == j, dy.dtype)
-        dx = _scatter(dx, win, k, dy * mask)
+    argmax, x_shape, win, unbatched = cache
+    nd = len(win.in_size)
+    xp = get_namespace(dy, op=op, names=("dy",))
+    dy = _batch(xp, dy, unbatched, nd, op)
+    expected = (*x_shape[:2], *win.out_size)
+    if tuple(dy.shape) != expected:
+        raise shape_error(op, "dy", f"shape {expected}", tuple(dy.shape))
+    # Undo the per-axis poolings in reverse order (first axis first): each routes its
+    # gradient to the offset that won along its axis.
+    g = dy
+    for axis in range(nd):
+        shape = list(g.shape)
+        shape[2 + axis] = win.padded_size[axis]
+        make = xp.empty if _axis_tiled(win, axis) else xp.zeros
+        buf = make(tuple(shape), dtype=dy.dtype, device=device(dy))
+        idx, k = argmax[axis], win.kernel[axis]
+        rest = g
+        for j in range(k):
+            # g * mask, not where(mask, g, 0): the same values for finite g, several times
+            # faster on NumPy; a non-finite g turns the rest of its window NaN, not 0. The
+            # last offset takes what is left, exactly g or 0.
+            if idx is None:
+                part = g
+            elif j < k - 1:
+                part = g * xp.astype(idx == j, g.dtype)
+                rest = rest - part
+            else:
+                part = rest
+            at = xpx.at(buf, _axis_index(win, axis, j))
+            buf = at.add(part) if _overlaps_earlier(win, axis, j) else at.set(part)
+        g = buf
     if win.has_padding:
-        dx = dx[win.interior_index()]
-    return (_unbatch(dx, unbatched),)
+        g = g[win.interior_index()]
+    return (_unbatch(g, unbatched),)
 
 
 _MAX_DOC = r"""{nd}-d max pooling, torch's ``max_pool{nd}d``.
@@ -202,10 +251,11 @@ _MAX_DOC = r"""{nd}-d max pooling, torch's ``max_pool{nd}d``.
     .. math:: y_\ell = \max_\kappa \tilde x_{{s\ell + d\kappa}}
 
 
-    The padding is :math:`-\infty`, so it never wins. The forward records, per window, the
-    kernel offset of its maximum; ties go to the first offset in window order (row-major,
-    last axis fastest) on every backend. A NaN in a window makes the output NaN (and
-    that window's gradient goes to its first position). The backward routes with a 0/1
+    The padding is :math:`-\infty`, so it never wins. The forward pools one axis at a time
+    (last axis first) and records, per axis, which kernel offset won; together they name
+    the first maximum of each window in window order (row-major, last axis fastest), on
+    every backend, which is where ties go. A NaN in a window makes the output NaN (and
+    that window's gradient goes to one of its elements). The backward routes with a 0/1
     mask product, so a non-finite upstream gradient also reaches the window's other
     elements as NaN.
 
