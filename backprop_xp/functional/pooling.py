@@ -7,9 +7,11 @@ Notation
 - Window :math:`\ell` covers the padded positions :math:`s\ell + d\kappa` for the kernel
   offsets :math:`\kappa` (row-major order, last axis fastest); :math:`|K|` offsets in all.
 
-Each op loops over the :math:`|K|` kernel offsets only: one strided slice of the padded input
-holds the element under offset :math:`\kappa` of every window at once, so each step is a
-handful of whole-array compare/select/add operations.
+Box windows are separable: a max (or sum) over a box is a max (or sum) along the last
+spatial axis, then along the next-to-last, and so on. Each op therefore pools one axis at a
+time and loops over that axis's kernel offsets only: one strided slice holds the element at
+that offset of every window at once, so each step is a handful of whole-array
+compare/select/add operations, ``sum(k) - nd`` of them rather than ``prod(k) - 1``.
 """
 
 from __future__ import annotations
@@ -95,46 +97,6 @@ def _batch(xp: ModuleType, dy: Array, unbatched: bool, nd: int, op: str) -> Arra
     return dy
 
 
-def _disjoint(win: Window) -> bool:
-    """No two windows share an input element (stride at least the kernel extent)."""
-    return all(
-        s >= d * (k - 1) + 1 for k, s, d in zip(win.kernel, win.stride, win.dilation, strict=True)
-    )
-
-
-def _grad_buffer(xp: ModuleType, win: Window, x_shape: tuple[int, ...], like: Array) -> Array:
-    """The padded input-gradient buffer: uninitialized where the windows tile it exactly
-    (every element is then written once), else zeros."""
-    shape = (*x_shape[:2], *win.padded_size)
-    tiled = _disjoint(win) and all(
-        d == 1 and s == k and s * m == p
-        for k, s, d, m, p in zip(
-            win.kernel, win.stride, win.dilation, win.out_size, win.padded_size, strict=True
-        )
-    )
-    make = xp.empty if tiled else xp.zeros
-    return make(shape, dtype=like.dtype, device=device(like))
-
-
-def _scatter(dx: Array, win: Window, offset: tuple[int, ...], values: Array) -> Array:
-    """Add ``values`` into the elements under ``offset`` of every window (a plain write where
-    windows are disjoint: nothing else lands there)."""
-    at = xpx.at(dx, win.index(offset))
-    return at.set(values) if _disjoint(win) else at.add(values)
-
-
-# --------------------------------------------------------------------------- max pooling
-
-
-class MaxPoolCache(NamedTuple):
-    # Per spatial axis, the offset (0..k-1) of the maximum along that axis, from the
-    # separable forward (None where the kernel has size 1 along that axis).
-    argmax: tuple[Array | None, ...]
-    x_shape: tuple[int, ...]
-    win: Window
-    unbatched: bool
-
-
 def _axis_index(win: Window, axis: int, offset: int) -> tuple[Any, ...]:
     """The elements at kernel ``offset`` along spatial ``axis`` of every window: a strided
     slice of that axis; the spatial axes after it are already pooled (kept whole)."""
@@ -153,8 +115,21 @@ def _overlaps_earlier(win: Window, axis: int, j: int) -> bool:
 
 
 def _axis_tiled(win: Window, axis: int) -> bool:
+    """Whether the windows cover ``axis`` exactly once (then no buffer needs zeroing)."""
     k, s, d = win.kernel[axis], win.stride[axis], win.dilation[axis]
     return (k == 1 or d == 1) and s == k and s * win.out_size[axis] == win.padded_size[axis]
+
+
+# --------------------------------------------------------------------------- max pooling
+
+
+class MaxPoolCache(NamedTuple):
+    # Per spatial axis, the offset (0..k-1) of the maximum along that axis, from the
+    # separable forward (None where the kernel has size 1 along that axis).
+    argmax: tuple[Array | None, ...]
+    x_shape: tuple[int, ...]
+    win: Window
+    unbatched: bool
 
 
 def _max_pool_nd(
@@ -401,10 +376,14 @@ def _avg_pool_nd(
         kernel_name="kernel_size",
     )
     xpad = pad_spatial(xp, x, win, 0.0)
-    views = [xpad[win.index(k)] for k in win.offsets()]
-    total = views[0]
-    for v in views[1:]:
-        total = total + v
+    # A box sum is a sum over the last axis, then the next-to-last, ...: sum(k) - nd adds
+    # instead of prod(k) - 1.
+    total = xpad
+    for axis in reversed(range(nd)):
+        views = [total[_axis_index(win, axis, j)] for j in range(win.kernel[axis])]
+        total = views[0]
+        for v in views[1:]:
+            total = total + v
     inv = _inv_counts(xp, win, pad, count_include_pad, x)
     y = total * inv  # a new array even for a 1-element window
     return _unbatch(y, unbatched), AvgPoolCache(inv, tuple(x.shape), win, unbatched)
@@ -416,13 +395,19 @@ def _avg_pool_nd_backward(dy: Array, cache: AvgPoolCache, op: str) -> tuple[Arra
     dy = _batch(xp, dy, unbatched, len(win.in_size), op)
     if tuple(dy.shape) != (*x_shape[:2], *win.out_size):
         raise shape_error(op, "dy", f"shape {(*x_shape[:2], *win.out_size)}", tuple(dy.shape))
-    share = dy * inv
-    dx = _grad_buffer(xp, win, x_shape, dy)
-    for k in win.offsets():
-        dx = _scatter(dx, win, k, share)
+    g = dy * inv
+    for axis in range(len(win.in_size)):  # undo the per-axis sums, first axis first
+        shape = list(g.shape)
+        shape[2 + axis] = win.padded_size[axis]
+        make = xp.empty if _axis_tiled(win, axis) else xp.zeros
+        buf = make(tuple(shape), dtype=dy.dtype, device=device(dy))
+        for j in range(win.kernel[axis]):
+            at = xpx.at(buf, _axis_index(win, axis, j))
+            buf = at.add(g) if _overlaps_earlier(win, axis, j) else at.set(g)
+        g = buf
     if win.has_padding:
-        dx = dx[win.interior_index()]
-    return (_unbatch(dx, unbatched),)
+        g = g[win.interior_index()]
+    return (_unbatch(g, unbatched),)
 
 
 _AVG_DOC = r"""{nd}-d average pooling, torch's ``avg_pool{nd}d``.
