@@ -159,7 +159,7 @@ def _conv_nd(
     y = xp.empty((n, c_out, *win.out_size), dtype=x.dtype, device=device(x))
     Wg = _weight_matrix(xp, weight, groups)
     per_item = x.shape[1] * win.n_offsets * _prod(win.out_size)
-    for a, b in _chunks(n, per_item, x.dtype):
+    for a, b in _chunks(xp, n, per_item, x.dtype):
         cols = _im2col(xp, x[a:b, ...], win, groups)  # (G, C_g |K|, n |L|)
         yc = xp.matmul(Wg, cols)  # (G, C_out/G, n |L|)
         yc = xp.reshape(yc, (c_out, b - a, *win.out_size))
@@ -200,7 +200,7 @@ def _backward_im2col_x(
     dx = xp.empty(tuple(x.shape), dtype=x.dtype, device=device(x))
     perm = (1, 0, *range(2, nd + 2))
     per_item = 2 * win.n_offsets * c_in * _prod(win.out_size)  # cols and dcols
-    for a, b in _chunks(n, per_item, x.dtype):
+    for a, b in _chunks(xp, n, per_item, x.dtype):
         cols = _im2col(xp, x[a:b, ...], win, groups)  # (G, C_g |K|, n |L|)
         dyc = xp.reshape(xp.permute_dims(dy[a:b, ...], perm), (groups, c_out // groups, -1))
         dWgT = dWgT + xp.matmul(cols, xp.permute_dims(dyc, (0, 2, 1)))
@@ -239,7 +239,7 @@ def _backward_im2col_dy(
     dx = xp.empty(tuple(x.shape), dtype=x.dtype, device=device(x))
     perm = (1, 0, *range(2, nd + 2))
     per_item = win.n_offsets * c_out * _prod(win.in_size)  # dycols
-    for a, b in _chunks(n, per_item, x.dtype):
+    for a, b in _chunks(xp, n, per_item, x.dtype):
         rows = (slice(a, b), slice(None), *crop)
         dycols = _im2col(xp, dy[rows], twin, groups)
         xt = xp.reshape(xp.permute_dims(x[a:b, ...], perm), (groups, c_g, -1))
@@ -258,10 +258,12 @@ def _weight_matrix(xp: ModuleType, weight: Array, groups: int) -> Array:
     return xp.reshape(weight, (groups, weight.shape[0] // groups, -1))
 
 
-def _chunks(n: int, bytes_per_item: int, dtype: Any) -> Iterator[tuple[int, int]]:
+def _chunks(
+    xp: ModuleType, n: int, elements_per_item: int, dtype: Any
+) -> Iterator[tuple[int, int]]:
     """Batch ranges whose im2col buffers fit the workspace budget (at least one item)."""
-    itemsize = 8 if "64" in str(dtype) else 4
-    step = max(1, _WORKSPACE["bytes"] // max(bytes_per_item * itemsize, 1))
+    itemsize = xp.finfo(dtype).bits // 8
+    step = max(1, _WORKSPACE["bytes"] // max(elements_per_item * itemsize, 1))
     for a in range(0, n, step):
         yield a, min(n, a + step)
 
