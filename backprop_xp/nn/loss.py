@@ -28,11 +28,9 @@ class _Loss(Module):
     def forward(self, input: Array, target: Array) -> tuple[Array, Backprop]:
         loss, cache = getattr(F, self._op)(input, target, **self._options())
         backward = getattr(F, self._op + "_backward")
-        xp = get_namespace(input)  # NumPy reductions give a scalar, not an array
-
         def backprop(dloss: Array | None = None) -> Array:
             if dloss is None:
-                dloss = xp.ones_like(xp.asarray(loss))
+                dloss = get_namespace(loss).ones_like(loss)
             return backward(dloss, cache)[0]
 
         return loss, once(type(self).__name__, backprop)
