@@ -546,7 +546,8 @@ def global_avg_pool_backward(dy: Array, cache: GlobalAvgPoolCache, /) -> tuple[A
         raise shape_error("global_avg_pool_backward", "dy", f"shape {shape[:2]}", tuple(dy.shape))
     nd = len(shape) - 2
     share = xp.reshape(dy / math.prod(shape[2:]), (*shape[:2], *(1,) * nd))
-    return (xp.zeros(shape, dtype=dy.dtype, device=device(dy)) + share,)
+    # one write of the input-sized result (zeros + share would write it twice)
+    return (xp.asarray(xp.broadcast_to(share, shape), copy=True),)
 
 
 def _flatten_axis(name: str, axis: int, ndim: int) -> int:
