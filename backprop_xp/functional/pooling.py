@@ -225,7 +225,6 @@ _MAX_DOC = r"""{nd}-d max pooling, torch's ``max_pool{nd}d``.
 
     .. math:: y_\ell = \max_\kappa \tilde x_{{s\ell + d\kappa}}
 
-
     The padding is :math:`-\infty`, so it never wins. The forward pools one axis at a time
     (last axis first) and records, per axis, which kernel offset won; together they name
     the first maximum of each window in window order (row-major, last axis fastest), on
@@ -413,7 +412,6 @@ def _avg_pool_nd_backward(dy: Array, cache: AvgPoolCache, op: str) -> tuple[Arra
 _AVG_DOC = r"""{nd}-d average pooling, torch's ``avg_pool{nd}d``.
 
     .. math:: y_\ell = \frac{{1}}{{c_\ell}} \sum_\kappa \tilde x_{{s\ell + \kappa}}
-
 
     Parameters
     ----------
