@@ -183,19 +183,23 @@ def test_conv_weight_gradient_is_sum_over_positions(xp, rng, opts):
 def test_conv_batch_chunks_give_the_same_result(xp, rng):
     x, w, b = _draw(rng, 2, 3, 4, 6, 3, 1, n=5)
     args = [xp.asarray(a) for a in (x, w, b)]
-    dy = xp.asarray(rng.standard_normal((5, 4, 3, 3)))
-    y1, c1 = F.conv2d(*args, stride=2, padding=1)
-    g1 = F.conv2d_backward(dy, c1)
-    before = F.get_conv_workspace_bytes()
+    # stride 2 (im2col(x) + col2im backward) and stride 1 (im2col(dy) backward)
+    grads_out = {2: rng.standard_normal((5, 4, 3, 3)), 1: rng.standard_normal((5, 4, 6, 6))}
+
+    def run(stride):
+        y, cache = F.conv2d(*args, stride=stride, padding=1)
+        return (y, *F.conv2d_backward(xp.asarray(grads_out[stride]), cache))
+
+    whole = {s: run(s) for s in (1, 2)}
     try:
         F.set_conv_workspace_bytes(1)  # one batch item per chunk
-        y2, c2 = F.conv2d(*args, stride=2, padding=1)
-        g2 = F.conv2d_backward(dy, c2)
+        assert F.get_conv_workspace_bytes() == 1
+        chunked = {s: run(s) for s in (1, 2)}
     finally:
-        F.set_conv_workspace_bytes(before)
-    assert_close(y2, y1, rtol=1e-12, atol=1e-12)
-    for a, r in zip(g2, g1, strict=True):
-        assert_close(a, r, rtol=1e-12, atol=1e-12)
+        F.set_conv_workspace_bytes(None)
+    for s in (1, 2):
+        for a, r in zip(chunked[s], whole[s], strict=True):
+            assert_close(a, r, rtol=1e-12, atol=1e-12)
 
 
 def test_conv_empty_batch(xp, rng):
@@ -326,9 +330,12 @@ def test_conv_backward_rejects_wrong_grad_shape(xp):
         F.conv2d_backward(xp.asarray(np.ones((1, 3, 3, 4))), cache)
 
 
-def test_conv_workspace_knob_rejects_nonpositive():
+def test_conv_workspace_knob():
     with pytest.raises(ValueError, match=r"set_conv_workspace_bytes: argument 'nbytes'"):
         conv_module.set_conv_workspace_bytes(0)
+    cpu = F.get_conv_workspace_bytes()
+    assert cpu == F.get_conv_workspace_bytes("cpu") == 8 * 2**20
+    assert F.get_conv_workspace_bytes("cuda:0") > cpu
 
 
 def test_conv_and_pool_accept_non_contiguous_inputs(xp, rng):

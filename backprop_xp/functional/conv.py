@@ -29,8 +29,8 @@ also gives the weight gradient, ``dW_flip = im2col(dY) @ x^T``, so the stride-1 
 builds one im2col buffer instead of two.
 
 Batches are processed in chunks so that the im2col buffers alive at one time stay under a
-byte budget, :func:`set_conv_workspace_bytes` (default 8 MiB); each chunk is still one GEMM
-per direction.
+byte budget, :func:`set_conv_workspace_bytes` (default 8 MiB on a CPU, 2 GiB on a GPU);
+each chunk is still one GEMM per direction.
 """
 
 from __future__ import annotations
@@ -58,28 +58,39 @@ __all__ = [
 
 Array = Any
 
-_WORKSPACE = {"bytes": 8 * 2**20}
+# Default im2col budgets. On a CPU small chunks stay in cache and keep peak memory low; on a
+# GPU every chunk costs kernel launches, so the whole batch should usually be one chunk.
+_DEFAULT_WORKSPACE = {"cpu": 8 * 2**20, "accelerator": 2 * 2**30}
+_WORKSPACE: dict[str, int | None] = {"bytes": None}
 
 
-def set_conv_workspace_bytes(nbytes: int) -> None:
-    """Bound the im2col workspace of the convolutions (default 8 MiB).
+def set_conv_workspace_bytes(nbytes: int | None) -> None:
+    """Bound the im2col workspace of the convolutions; ``None`` restores the defaults.
 
     The forward builds ``cols``, ``C_in * prod(kernel) * prod(out_spatial) * itemsize``
     bytes per batch item; the backward builds ``cols`` and then either ``dcols`` (same size,
     both alive) or, with stride 1, ``im2col(dy)`` (``C_out * prod(kernel) * prod(in_spatial)
     * itemsize`` per item, built after ``cols`` is freed). The batch is split into chunks
-    whose live buffers fit ``nbytes`` (at least one item per chunk). Larger budgets mean
-    fewer, larger GEMMs; smaller ones less peak memory. On a 2-core CPU, 8-16 MiB chunks
-    were also the fastest (the buffers stay in cache between im2col and the GEMM).
+    whose live buffers fit the budget (at least one item per chunk); each chunk is one GEMM
+    per direction. Larger budgets mean fewer, larger GEMMs; smaller ones less peak memory.
+
+    Defaults: 8 MiB for arrays on the CPU (on a 2-core CPU 8-16 MiB chunks were also the
+    fastest: the buffers stay in cache between im2col and the GEMM) and 2 GiB on GPUs
+    (devices whose name mentions cuda, gpu, rocm or mps), where per-chunk launch overhead
+    dominates and memory is plentiful. A value set here applies to every device.
     """
-    if int(nbytes) < 1:
-        raise shape_error("set_conv_workspace_bytes", "nbytes", "a positive int", nbytes)
-    _WORKSPACE["bytes"] = int(nbytes)
+    if nbytes is not None and int(nbytes) < 1:
+        raise shape_error("set_conv_workspace_bytes", "nbytes", "a positive int or None", nbytes)
+    _WORKSPACE["bytes"] = None if nbytes is None else int(nbytes)
 
 
-def get_conv_workspace_bytes() -> int:
-    """The current im2col workspace budget in bytes (see :func:`set_conv_workspace_bytes`)."""
-    return _WORKSPACE["bytes"]
+def get_conv_workspace_bytes(device: Any = None) -> int:
+    """The im2col workspace budget in bytes for arrays on ``device`` (default: a CPU)."""
+    if _WORKSPACE["bytes"] is not None:
+        return _WORKSPACE["bytes"]
+    name = str(device).lower()
+    on_accelerator = any(key in name for key in ("cuda", "gpu", "rocm", "mps"))
+    return _DEFAULT_WORKSPACE["accelerator" if on_accelerator else "cpu"]
 
 
 class ConvCache(NamedTuple):
@@ -159,7 +170,7 @@ def _conv_nd(
     y = xp.empty((n, c_out, *win.out_size), dtype=x.dtype, device=device(x))
     Wg = _weight_matrix(xp, weight, groups)
     per_item = x.shape[1] * win.n_offsets * _prod(win.out_size)
-    for a, b in _chunks(xp, n, per_item, x.dtype):
+    for a, b in _chunks(xp, x, per_item):
         cols = _im2col(xp, x[a:b, ...], win, groups)  # (G, C_g |K|, n |L|)
         yc = xp.matmul(Wg, cols)  # (G, C_out/G, n |L|)
         yc = xp.reshape(yc, (c_out, b - a, *win.out_size))
@@ -191,7 +202,7 @@ def _backward_im2col_x(
 ) -> tuple[Array, Array]:
     """Any stride: ``dW^T = cols @ dy^T``, ``dcols = W^T @ dy``, then col2im."""
     nd = len(win.in_size)
-    n, c_in, c_out = x.shape[0], x.shape[1], weight.shape[0]
+    c_in, c_out = x.shape[1], weight.shape[0]
     Wg = _weight_matrix(xp, weight, groups)  # (G, C_out/G, C_g |K|)
     WgT = xp.permute_dims(Wg, (0, 2, 1))
     # dW^T = cols @ dy^T: with cols as the untransposed operand OpenBLAS runs ~30% faster
@@ -200,7 +211,7 @@ def _backward_im2col_x(
     dx = xp.empty(tuple(x.shape), dtype=x.dtype, device=device(x))
     perm = (1, 0, *range(2, nd + 2))
     per_item = 2 * win.n_offsets * c_in * _prod(win.out_size)  # cols and dcols
-    for a, b in _chunks(xp, n, per_item, x.dtype):
+    for a, b in _chunks(xp, x, per_item):
         cols = _im2col(xp, x[a:b, ...], win, groups)  # (G, C_g |K|, n |L|)
         dyc = xp.reshape(xp.permute_dims(dy[a:b, ...], perm), (groups, c_out // groups, -1))
         dWgT = dWgT + xp.matmul(cols, xp.permute_dims(dyc, (0, 2, 1)))
@@ -232,14 +243,14 @@ def _backward_im2col_dy(
     only ``x`` in ``(C, N |S|)`` order (an input-sized copy), not im2col(x).
     """
     nd = len(win.in_size)
-    n, c_in, c_out = x.shape[0], x.shape[1], weight.shape[0]
+    c_in, c_out = x.shape[1], weight.shape[0]
     c_g = c_in // groups
     Wt = _flipped_weight_matrix(xp, weight, groups)  # (G, C_g, C_out/G |K|)
     dWf = xp.zeros((groups, Wt.shape[2], c_g), dtype=x.dtype, device=device(x))
     dx = xp.empty(tuple(x.shape), dtype=x.dtype, device=device(x))
     perm = (1, 0, *range(2, nd + 2))
     per_item = win.n_offsets * c_out * _prod(win.in_size)  # dycols
-    for a, b in _chunks(xp, n, per_item, x.dtype):
+    for a, b in _chunks(xp, x, per_item):
         rows = (slice(a, b), slice(None), *crop)
         dycols = _im2col(xp, dy[rows], twin, groups)
         xt = xp.reshape(xp.permute_dims(x[a:b, ...], perm), (groups, c_g, -1))
@@ -258,12 +269,12 @@ def _weight_matrix(xp: ModuleType, weight: Array, groups: int) -> Array:
     return xp.reshape(weight, (groups, weight.shape[0] // groups, -1))
 
 
-def _chunks(
-    xp: ModuleType, n: int, elements_per_item: int, dtype: Any
-) -> Iterator[tuple[int, int]]:
+def _chunks(xp: ModuleType, x: Array, elements_per_item: int) -> Iterator[tuple[int, int]]:
     """Batch ranges whose im2col buffers fit the workspace budget (at least one item)."""
-    itemsize = xp.finfo(dtype).bits // 8
-    step = max(1, _WORKSPACE["bytes"] // max(elements_per_item * itemsize, 1))
+    n = x.shape[0]
+    itemsize = xp.finfo(x.dtype).bits // 8
+    budget = get_conv_workspace_bytes(device(x))
+    step = max(1, budget // max(elements_per_item * itemsize, 1))
     for a in range(0, n, step):
         yield a, min(n, a + step)
 
