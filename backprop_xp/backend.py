@@ -26,6 +26,7 @@ __all__ = [
     "library_name",
     "namespace",
     "random_uniform",
+    "supports_integer_setitem",
     "to_namespace",
     "to_numpy",
 ]
@@ -242,6 +243,15 @@ def _library_of_namespace(xp: ModuleType) -> str:
     if name.startswith("array_api_compat."):
         name = name[len("array_api_compat.") :]
     return name.partition(".")[0]
+
+
+def supports_integer_setitem(xp: ModuleType) -> bool:
+    """Whether ``x[(i, j)] = v`` with integer index arrays works (NumPy, CuPy, torch).
+
+    The standard leaves indexed writes with integer arrays out (array-api-strict refuses
+    them); ops use this to pick an O(N) scatter over a full-size ``where``.
+    """
+    return _library_of_namespace(xp) in ("numpy", "cupy", "torch")
 
 
 def random_uniform(

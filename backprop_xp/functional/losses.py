@@ -10,8 +10,10 @@ import math
 from types import ModuleType
 from typing import Any, NamedTuple
 
+import array_api_extra as xpx
+
 from .._config import index_checks_enabled
-from ..backend import device, get_namespace
+from ..backend import device, get_namespace, supports_integer_setitem
 from ._validation import broadcasts_to, check_choice, check_floating, shape_error
 
 __all__ = [
@@ -231,9 +233,9 @@ def cross_entropy_backward(
         g = g[None, ...] if unbatched else g
         g = g[:, None, ...]
     scale = _scale(xp, g, reduction, denominator)
-    p = e / s
 
     if probabilities:
+        p = e / s
         t = target if eps == 0 else target * (1 - eps) + eps / n_classes
         wt = t if weight is None else t * weight
         # ∂ℓ/∂x = p Σ_c w_c t'_c - w t'
@@ -246,11 +248,20 @@ def cross_entropy_backward(
 
     coef = xp.where(valid, scale, xp.zeros_like(scale))
     classes = xp.arange(n_classes, device=device(e))
-    is_target = xp.reshape(classes, (1, n_classes) + (1,) * (e.ndim - 2)) == target
     if weight is None and eps == 0:
-        # the course's softmax - onehot, times the reduction's scale
-        dx = xp.where(is_target, (p - 1) * coef, p * coef)
+        # the course's softmax - onehot, times the reduction's scale: one pass for
+        # coef * softmax, then coef is subtracted at the N targets only
+        dx = e * (coef / s)
+        if e.ndim == 2 and supports_integer_setitem(xp):
+            rows = xp.arange(e.shape[0], device=device(e))
+            # dx is this function's own fresh array: at() writes in place, O(N) work
+            dx = xpx.at(dx, (rows, target[:, 0])).subtract(coef[:, 0])
+        else:
+            is_target = xp.reshape(classes, (1, n_classes) + (1,) * (e.ndim - 2)) == target
+            dx = xp.where(is_target, dx - coef, dx)
     else:
+        p = e / s
+        is_target = xp.reshape(classes, (1, n_classes) + (1,) * (e.ndim - 2)) == target
         w = (
             weight
             if weight is not None
