@@ -61,7 +61,7 @@ def _is_array(x: object) -> bool:
     return x is not None and not isinstance(x, (bool, int, float, complex, str, tuple, list))
 
 
-def _is_float_array(x: object) -> bool:
+def _is_float_array(x: Any) -> bool:
     if not _is_array(x):
         return False
     xp = get_namespace(x)
