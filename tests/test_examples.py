@@ -101,3 +101,12 @@ def test_custom_op(example, capsys):
     example("custom_op").main([])
     out = capsys.readouterr().out
     assert "gradcheck(swish): ok" in out and "buggy backward is caught" in out
+
+
+@pytest.mark.parametrize(("model", "target"), [("cnn", 0.97), ("mlp", 0.96), ("rnn", 0.93)])
+def test_train_digits_defaults_reach_the_target_accuracy(example, tmp_path, model, target):
+    """The issue's bar: each model, default settings, NumPy, on the fixed test split."""
+    train_digits = example("train_digits")
+    args = train_digits.parse_args(["--model", model, "--no-progress", "--out", str(tmp_path)])
+    result = train_digits.train(args)
+    assert result["test_accuracy"] >= target, result["test_accuracy"]
