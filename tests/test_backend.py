@@ -40,8 +40,11 @@ def test_get_namespace_ignores_none_and_scalars():
 
 def test_get_namespace_names_mixed_libraries():
     torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match=r"myop: arrays from different libraries: 'a' is a numpy "
-                       r"array but 'b' is a torch array"):
+    with pytest.raises(
+        TypeError,
+        match=r"myop: arrays from different libraries: 'a' is a numpy "
+        r"array but 'b' is a torch array",
+    ):
         B.get_namespace(np.zeros(2), torch.zeros(2), op="myop", names=("a", "b"))
 
 
@@ -49,8 +52,11 @@ def test_get_namespace_names_devices():
     strict = pytest.importorskip("array_api_strict")
     a = strict.asarray([1.0])
     b = strict.asarray([1.0], device=strict.Device("device1"))
-    with pytest.raises(ValueError, match=r"op: arrays on different devices: 'x' is on .* but "
-                       r"'y' is on .*device1"):
+    with pytest.raises(
+        ValueError,
+        match=r"op: arrays on different devices: 'x' is on .* but "
+        r"'y' is on .*device1",
+    ):
         B.get_namespace(a, b, op="op", names=("x", "y"))
 
 

@@ -87,5 +87,13 @@ def test_linear_bad_inputs(xp):
         F.linear(x, xp.asarray(np.zeros(4)))
     with pytest.raises(ValueError, match=r"linear: argument 'bias' expected shape \(3,\)"):
         F.linear(x, w, xp.asarray(np.zeros(4)))
+    with pytest.raises(TypeError, match=r"linear: argument 'bias' expected dtype .*float32"):
+        F.linear(
+            xp.asarray(np.zeros((2, 4)), dtype=xp.float32),
+            xp.asarray(np.zeros((3, 4)), dtype=xp.float32),
+            xp.asarray(np.zeros(3)),
+        )
+    with pytest.raises(TypeError, match=r"linear: argument 'weight' expected dtype .*float32"):
+        F.linear(xp.asarray(np.zeros((2, 4)), dtype=xp.float32), w)
     with pytest.raises(TypeError, match=r"linear: argument 'x' expected a real floating"):
         F.linear(xp.asarray(np.zeros((2, 4), dtype=np.int64)), w)

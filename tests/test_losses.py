@@ -228,11 +228,11 @@ def test_cross_entropy_bad_inputs(xp):
     with pytest.raises(
         ValueError,
         match=r"cross_entropy: argument 'target' expected class "
-        r"indices in \[0, 3\) or ignore_index=-100, got values from 0 to 3",
+        r"indices in \[0, 3\) or ignore_index=-100, got out-of-range values from 3 to 3",
     ):
         F.cross_entropy(x, xp.asarray([0, 3]))
-    with pytest.raises(ValueError, match=r"got values from -1"):
-        F.cross_entropy(x, xp.asarray([-1, 0]))
+    with pytest.raises(ValueError, match=r"got out-of-range values from -1 to 7"):
+        F.cross_entropy(x, xp.asarray([7, -1]))
     with pytest.raises(ValueError, match=r"argument 'target' expected class indices of shape"):
         F.cross_entropy(x, xp.asarray([0, 1, 2]))
     with pytest.raises(ValueError, match=r"argument 'target' expected probabilities"):
@@ -368,8 +368,35 @@ def test_bce_with_logits_bad_inputs(xp):
         F.binary_cross_entropy_with_logits(x, xp.asarray(np.zeros(2)))
     with pytest.raises(ValueError, match=r"argument 'pos_weight' expected a shape broadcastable"):
         F.binary_cross_entropy_with_logits(x, x, pos_weight=xp.asarray(np.ones(2)))
-    with pytest.raises(TypeError, match=r"argument 'target' expected a real floating"):
+    with pytest.raises(
+        TypeError,
+        match=r"argument 'target' expected dtype .*float64.* \(that "
+        r"of 'input'\), got .*int64",
+    ):
         F.binary_cross_entropy_with_logits(x, xp.asarray(np.zeros((2, 3), dtype=np.int64)))
+
+
+def test_losses_refuse_mixed_float_dtypes(xp):
+    """float32 input with a float64 companion would silently promote the loss to float64."""
+    x32 = xp.asarray(np.zeros((2, 3)), dtype=xp.float32)
+    f64 = xp.asarray(np.ones((2, 3)))
+    with pytest.raises(
+        TypeError,
+        match=r"binary_cross_entropy_with_logits: argument 'target' "
+        r"expected dtype .*float32",
+    ):
+        F.binary_cross_entropy_with_logits(x32, f64)
+    for name in ("weight", "pos_weight"):
+        with pytest.raises(TypeError, match=rf"argument '{name}' expected dtype .*float32"):
+            F.binary_cross_entropy_with_logits(
+                x32, xp.asarray(np.ones((2, 3)), dtype=xp.float32), **{name: xp.asarray(np.ones(3))}
+            )
+    with pytest.raises(TypeError, match=r"mse_loss: argument 'target' expected dtype .*float32"):
+        F.mse_loss(x32, f64)
+    with pytest.raises(TypeError, match=r"cross_entropy: argument 'weight' expected dtype"):
+        F.cross_entropy(x32, xp.asarray([0, 1]), weight=xp.asarray(np.ones(3)))
+    with pytest.raises(TypeError, match=r"cross_entropy: argument 'target' expected dtype"):
+        F.cross_entropy(x32, f64)
 
 
 # --- mean squared error ----------------------------------------------------------------------

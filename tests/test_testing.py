@@ -40,8 +40,9 @@ def test_gradcheck_passes_a_correct_backward(xp, rng):
 
 def test_gradcheck_names_the_failing_input(xp, rng):
     with pytest.raises(GradcheckError, match=r"w: FAILED") as info:
-        gradcheck(wrong_square, [xp.asarray(rng.standard_normal(5)),
-                                 xp.asarray(rng.standard_normal(5))])
+        gradcheck(
+            wrong_square, [xp.asarray(rng.standard_normal(5)), xp.asarray(rng.standard_normal(5))]
+        )
     assert "x: ok" in str(info.value)
 
 

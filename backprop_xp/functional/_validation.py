@@ -26,6 +26,15 @@ def check_integer(op: str, name: str, x: Array, xp: ModuleType) -> None:
         raise TypeError(f"{op}: argument '{name}' expected an integer array, got dtype {x.dtype}")
 
 
+def check_same_dtype(op: str, name: str, x: Array, like_name: str, like: Array) -> None:
+    """Mixed float dtypes would silently promote (float32 + float64 -> float64): refuse."""
+    if x.dtype != like.dtype:
+        raise TypeError(
+            f"{op}: argument '{name}' expected dtype {like.dtype} (that of '{like_name}'), "
+            f"got {x.dtype}"
+        )
+
+
 def check_ndim(op: str, name: str, x: Array, ndim: int | Sequence[int], layout: str = "") -> None:
     allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     if x.ndim not in allowed:

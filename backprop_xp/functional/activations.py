@@ -31,6 +31,17 @@ def _ns(op: str, x: Array) -> Any:
     return xp
 
 
+def stable_sigmoid(xp: Any, x: Array) -> Array:
+    r""":math:`e^{\min(x,0)} / (1 + e^{-|x|})`: the logistic function without overflow."""
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def stable_softplus(xp: Any, x: Array) -> Array:
+    r""":math:`\log(1 + e^{x}) = \max(x, 0) + \log(1 + e^{-|x|})` without overflow."""
+    return xp.where(x > 0, x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
 class SigmoidCache(NamedTuple):
     y: Array
 
@@ -41,8 +52,7 @@ def sigmoid(x: Array, /) -> tuple[Array, SigmoidCache]:
     Evaluated as :math:`e^{\min(x,0)} / (1 + e^{-|x|})`, which never overflows.
     """
     xp = _ns("sigmoid", x)
-    e = xp.exp(-xp.abs(x))
-    y = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    y = stable_sigmoid(xp, x)
     return y, SigmoidCache(y)
 
 
@@ -140,8 +150,7 @@ def softplus(
     """
     xp = _ns("softplus", x)
     bx = beta * x
-    # log1p(exp(-|bx|)) + max(bx, 0) is log(1 + e^{bx}) without overflow.
-    soft = (xp.log1p(xp.exp(-xp.abs(bx))) + xp.where(bx > 0, bx, xp.zeros_like(bx))) / beta
+    soft = stable_softplus(xp, bx) / beta
     return xp.where(bx > threshold, x, soft), SoftplusCache(x, beta, threshold)
 
 
@@ -149,5 +158,4 @@ def softplus_backward(dy: Array, cache: SoftplusCache, /) -> tuple[Array]:
     x, beta, threshold = cache
     xp = get_namespace(dy, x, op="softplus_backward", names=("dy", "x"))
     bx = beta * x
-    s, _ = sigmoid(bx)
-    return (xp.where(bx > threshold, dy, dy * s),)
+    return (xp.where(bx > threshold, dy, dy * stable_sigmoid(xp, bx)),)

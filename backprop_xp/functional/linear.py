@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import get_namespace
-from ._validation import check_floating, check_ndim, shape_error
+from ._validation import check_floating, check_ndim, check_same_dtype, shape_error
 
 __all__ = ["linear", "linear_backward"]
 
@@ -46,15 +46,13 @@ def linear(x: Array, weight: Array, bias: Array | None = None) -> tuple[Array, L
         raise shape_error(
             "linear", "x", f"shape (..., {weight.shape[1]}) to match weight", tuple(x.shape)
         )
-    if x.dtype != weight.dtype:
-        raise TypeError(
-            f"linear: argument 'weight' expected dtype {x.dtype} (that of 'x'), got {weight.dtype}"
-        )
-    y = xp.matmul(x, weight.T)
+    check_same_dtype("linear", "weight", weight, "x", x)
     if bias is not None:
-        check_floating("linear", "bias", bias, xp)
+        check_same_dtype("linear", "bias", bias, "x", x)
         if tuple(bias.shape) != (weight.shape[0],):
             raise shape_error("linear", "bias", f"shape ({weight.shape[0]},)", tuple(bias.shape))
+    y = xp.matmul(x, weight.T)
+    if bias is not None:
         y = y + bias
     return y, LinearCache(x, weight, bias is not None)
 

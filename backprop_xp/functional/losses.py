@@ -14,7 +14,14 @@ import array_api_extra as xpx
 
 from .._config import index_checks_enabled
 from ..backend import device, get_namespace, supports_integer_setitem
-from ._validation import broadcasts_to, check_choice, check_floating, shape_error
+from ._validation import (
+    broadcasts_to,
+    check_choice,
+    check_floating,
+    check_same_dtype,
+    shape_error,
+)
+from .activations import stable_sigmoid, stable_softplus
 
 __all__ = [
     "binary_cross_entropy_with_logits",
@@ -37,6 +44,17 @@ def _reduce(xp: ModuleType, loss: Array, reduction: str, denominator: Array | No
     return xp.asarray(total if reduction == "sum" else total / denominator)
 
 
+def _check_pair(op: str, input: Array, target: Array, reduction: str, xp: ModuleType) -> None:
+    """Elementwise losses: a floating ``input``, a ``target`` of its shape and dtype."""
+    check_floating(op, "input", input, xp)
+    check_same_dtype(op, "target", target, "input", input)
+    check_choice(op, "reduction", reduction, _REDUCTIONS)
+    if tuple(target.shape) != tuple(input.shape):
+        raise shape_error(
+            op, "target", f"input's shape {tuple(input.shape)}", f"shape {tuple(target.shape)}"
+        )
+
+
 def _count(xp: ModuleType, a: Array, like: Array) -> Array:
     """The number of elements of ``a`` as a 0-d array of ``like``'s dtype (NaN when empty, so
     the mean of nothing is NaN as in torch)."""
@@ -47,8 +65,6 @@ def _count(xp: ModuleType, a: Array, like: Array) -> Array:
 
 def _scale(xp: ModuleType, g: Array, reduction: str, denominator: Array | None) -> Array:
     """``∂L/∂loss_n`` of the reduction, broadcastable against the per-sample loss."""
-    if reduction == "none":
-        return g
     return g / denominator if reduction == "mean" else g
 
 
@@ -139,11 +155,7 @@ def cross_entropy(
                 f"probabilities of input's shape {tuple(input.shape)}",
                 f"shape {tuple(target.shape)}",
             )
-        if target.dtype != input.dtype:
-            raise TypeError(
-                f"{op}: argument 'target' expected dtype {input.dtype} (that of 'input') for "
-                f"class probabilities, got {target.dtype}"
-            )
+        check_same_dtype(op, "target", target, "input", input)
     else:
         if not xp.isdtype(target.dtype, "integral"):
             raise TypeError(
@@ -156,7 +168,7 @@ def cross_entropy(
                 op, "target", f"class indices of shape {expected}", f"shape {tuple(target.shape)}"
             )
     if weight is not None:
-        check_floating(op, "weight", weight, xp)
+        check_same_dtype(op, "weight", weight, "input", input)
         if tuple(weight.shape) != (n_classes,):
             raise shape_error(op, "weight", f"shape ({n_classes},)", f"shape {tuple(weight.shape)}")
         # broadcast along the class axis: (1, C, 1, ..., 1)
@@ -214,10 +226,11 @@ def _smooth(xp: ModuleType, z: Array, log_s: Array, weight: Array | None) -> Arr
 def _check_indices(xp: ModuleType, t: Array, valid: Array, n_classes: int, ignore: int) -> None:
     bad = valid & ((t < 0) | (t >= n_classes))
     if bool(xp.any(bad)):  # the one host synchronization of this op
-        got = xp.where(bad, t, xp.zeros_like(t))
+        lo = int(xp.min(xp.where(bad, t, xp.full_like(t, n_classes))))
+        hi = int(xp.max(xp.where(bad, t, xp.full_like(t, -1))))
         raise ValueError(
             f"cross_entropy: argument 'target' expected class indices in [0, {n_classes}) or "
-            f"ignore_index={ignore}, got values from {int(xp.min(got))} to {int(xp.max(got))}"
+            f"ignore_index={ignore}, got out-of-range values from {lo} to {hi}"
         )
 
 
@@ -322,16 +335,10 @@ def binary_cross_entropy_with_logits(
     xp = get_namespace(
         input, target, weight, pos_weight, op=op, names=("input", "target", "weight", "pos_weight")
     )
-    check_floating(op, "input", input, xp)
-    check_floating(op, "target", target, xp)
-    check_choice(op, "reduction", reduction, _REDUCTIONS)
-    if tuple(target.shape) != tuple(input.shape):
-        raise shape_error(
-            op, "target", f"input's shape {tuple(input.shape)}", f"shape {tuple(target.shape)}"
-        )
+    _check_pair(op, input, target, reduction, xp)
     for name, a in (("weight", weight), ("pos_weight", pos_weight)):
         if a is not None:
-            check_floating(op, name, a, xp)
+            check_same_dtype(op, name, a, "input", input)
             if not broadcasts_to(tuple(a.shape), tuple(input.shape)):
                 raise shape_error(
                     op,
@@ -339,7 +346,7 @@ def binary_cross_entropy_with_logits(
                     f"a shape broadcastable to {tuple(input.shape)}",
                     f"shape {tuple(a.shape)}",
                 )
-    sp = _softplus_neg(xp, input)
+    sp = stable_softplus(xp, -input)
     if pos_weight is None:
         loss = (1 - target) * input + sp
     else:
@@ -351,11 +358,6 @@ def binary_cross_entropy_with_logits(
     return out, BCEWithLogitsCache(input, target, weight, pos_weight, denominator, reduction)
 
 
-def _softplus_neg(xp: ModuleType, x: Array) -> Array:
-    """softplus(-x) = log(1 + e^{-x}) = max(-x, 0) + log1p(e^{-|x|}), overflow-free."""
-    return xp.where(x < 0, -x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
-
-
 def binary_cross_entropy_with_logits_backward(
     dloss: Array, cache: BCEWithLogitsCache, /
 ) -> tuple[Array, Array, None, None]:
@@ -364,14 +366,13 @@ def binary_cross_entropy_with_logits_backward(
         dloss, x, op="binary_cross_entropy_with_logits_backward", names=("dloss", "input")
     )
     scale = _scale(xp, dloss, reduction, denominator)
-    e = xp.exp(-xp.abs(x))
-    sig = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    sig = stable_sigmoid(xp, x)
     if pos_weight is None:
         dx = sig - t
         dt = -x
     else:
         dx = (1 + (pos_weight - 1) * t) * sig - pos_weight * t
-        dt = (pos_weight - 1) * _softplus_neg(xp, x) - x
+        dt = (pos_weight - 1) * stable_softplus(xp, -x) - x
     if weight is not None:
         scale = scale * weight
     return scale * dx, scale * dt, None, None
@@ -391,13 +392,7 @@ def mse_loss(input: Array, target: Array, reduction: str = "mean") -> tuple[Arra
     """
     op = "mse_loss"
     xp = get_namespace(input, target, op=op, names=("input", "target"))
-    check_floating(op, "input", input, xp)
-    check_floating(op, "target", target, xp)
-    check_choice(op, "reduction", reduction, _REDUCTIONS)
-    if tuple(target.shape) != tuple(input.shape):
-        raise shape_error(
-            op, "target", f"input's shape {tuple(input.shape)}", f"shape {tuple(target.shape)}"
-        )
+    _check_pair(op, input, target, reduction, xp)
     diff = input - target
     denominator = _count(xp, diff, input) if reduction == "mean" else None
     return _reduce(xp, diff * diff, reduction, denominator), MSELossCache(

@@ -219,6 +219,17 @@ def _transposed_copy(xp: ModuleType, w: Array) -> Array:
     return xp.reshape(xp.reshape(w.T, (rows * cols,)), (cols, rows))
 
 
+def _bias_grads(
+    xp: ModuleType, db: Array, has_b_ih: bool, has_b_hh: bool
+) -> tuple[Array | None, Array | None]:
+    """Both biases enter as one sum, so they share one gradient: two distinct arrays, so
+    that accumulating into one parameter's gradient never changes the other's."""
+    return (
+        db if has_b_ih else None,
+        (xp.asarray(db, copy=True) if has_b_ih else db) if has_b_hh else None,
+    )
+
+
 def _bias_sum(b_ih: Array | None, b_hh: Array | None) -> Array | None:
     if b_ih is None:
         return b_hh
@@ -366,7 +377,7 @@ def rnn_backward(
         if nonlinearity == "tanh":
             da = dh * (1 - h * h)
         else:
-            da = xp.where(h > 0, dh, zero)
+            da = xp.where(h <= 0, zero, dh)  # as F.relu: NaN passes the gradient
         if mask is not None:
             da = xp.where(mask[t, ...], da, zero)
             dh = xp.where(mask[t, ...], da @ w_hh, dh)
@@ -381,8 +392,7 @@ def rnn_backward(
         dh0,
         dW_ih,
         dW_hh,
-        db if has_b_ih else None,
-        db if has_b_hh else None,
+        *_bias_grads(xp, db, has_b_ih, has_b_hh),
         None,
     )
 
@@ -585,8 +595,7 @@ def lstm_backward(
         dc,
         dW_ih,
         dW_hh,
-        db if has_b_ih else None,
-        db if has_b_hh else None,
+        *_bias_grads(xp, db, has_b_ih, has_b_hh),
         None,
     )
 

@@ -28,6 +28,7 @@ class _Loss(Module):
     def forward(self, input: Array, target: Array) -> tuple[Array, Backprop]:
         loss, cache = getattr(F, self._op)(input, target, **self._options())
         backward = getattr(F, self._op + "_backward")
+
         def backprop(dloss: Array | None = None) -> Array:
             if dloss is None:
                 dloss = get_namespace(loss).ones_like(loss)
