@@ -161,6 +161,7 @@ def gradcheck(
     inputs = [xp.astype(x, xp.float64) if _is_float_array(x) else x for x in inputs]
     rng = np.random.default_rng(seed)
 
+    before = [np.array(to_numpy(x), copy=True) if _is_array(x) else None for x in inputs]
     out, cache = op(*inputs, **options)
     outs = _as_tuple(out)
     if grad_outputs is None:
@@ -181,6 +182,22 @@ def gradcheck(
             f"input (at least {len(inputs)}), got {type(grads).__name__} of length "
             f"{len(grads) if isinstance(grads, tuple) else 'n/a'}"
         )
+
+    # Chainer's FunctionTestCase checks: a second backward on the same cache gives the same
+    # gradients (nothing cached was overwritten), and neither pass touched the inputs.
+    again = backward(gs if isinstance(out, (tuple, list)) else gs[0], cache)
+    for i, (g1, g2) in enumerate(zip(grads, again, strict=True)):
+        if (g1 is None) != (g2 is None) or (
+            g1 is not None and not np.array_equal(to_numpy(g1), to_numpy(g2), equal_nan=True)
+        ):
+            raise GradcheckError(
+                f"gradcheck({op_name}): a second backward on the same cache gave a different "
+                f"gradient for '{names[i] if i < len(names) else i}': the first one changed "
+                f"something the cache holds"
+            )
+    for i, x in enumerate(inputs):
+        if before[i] is not None and not np.array_equal(to_numpy(x), before[i], equal_nan=True):
+            raise GradcheckError(f"gradcheck({op_name}): the op modified its input '{names[i]}'")
 
     def loss(args: list[Any]) -> float:
         o = _as_tuple(op(*args, **options)[0])

@@ -501,3 +501,20 @@ def test_array_inputs_by_keyword(xp, rng):
     by_position, _ = F.lstm(x, h0, c0, w_ih, w_hh, None, b_hh, lengths)
     for a, b in zip(by_name, by_position, strict=True):
         assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_bias_gradients_are_distinct_arrays(xp, rng, cell):
+    """b_ih and b_hh enter as one sum; their equal gradients must still be two arrays, so
+    accumulating into one parameter's .grad in place cannot change the other's."""
+    T, N, D, H = 3, 2, 3, 4
+    G = 4 if cell == "lstm" else 1
+    states = [xp.asarray(rng.standard_normal((N, H))) for _ in range(2 if cell == "lstm" else 1)]
+    args = [
+        xp.asarray(rng.standard_normal(s)) for s in ((G * H, D), (G * H, H), (G * H,), (G * H,))
+    ]
+    out, cache = getattr(F, cell)(xp.asarray(rng.standard_normal((T, N, D))), *states, *args)
+    grads = getattr(F, cell + "_backward")((xp.ones_like(out[0]), None), cache)
+    db_ih, db_hh = grads[-3], grads[-2]
+    assert db_ih is not db_hh
+    np.testing.assert_array_equal(to_np(db_ih), to_np(db_hh))

@@ -52,6 +52,31 @@ def test_gradcheck_random_directions_catch_errors_in_large_inputs(rng):
     assert not r.ok and r.inputs[0].ok and r.inputs[0].mode == "directions"
 
 
+def test_gradcheck_catches_mutated_inputs_and_caches(rng):
+    class Box(NamedTuple):
+        state: np.ndarray
+
+    def scale(x):
+        return 2 * x, Box(np.ones(1))
+
+    def scale_backward(dy, cache):
+        cache.state[0] += 1.0  # a backward that changes its cache: the second call differs
+        return (cache.state[0] * dy,)
+
+    with pytest.raises(GradcheckError, match=r"second backward on the same cache"):
+        gradcheck(scale, [rng.standard_normal(3)], backward=scale_backward)
+
+    def clobber(x):
+        x[0] = 0.0
+        return x, None
+
+    def clobber_backward(dy, cache):
+        return (dy,)
+
+    with pytest.raises(GradcheckError, match=r"modified its input 'x'"):
+        gradcheck(clobber, [rng.standard_normal(3)], backward=clobber_backward)
+
+
 def test_gradcheck_rejects_wrong_arity(rng):
     def bad(x):
         return x, None
