@@ -140,8 +140,3 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     request.node.user_properties.append(("seed", seed))
     print(f"seed: BACKPROP_XP_SEED={seed}")
     return np.random.default_rng(seed)
-
-
-def tol(dtype: Any) -> dict[str, float]:
-    """Cross-backend tolerances of the matrix: float64 1e-12 relative, float32 1e-5."""
-    return {"rtol": 1e-12, "atol": 1e-12} if "64" in str(dtype) else {"rtol": 1e-5, "atol": 1e-6}

@@ -306,11 +306,6 @@ def test_loss_layers_match_functional(xp, rng):
     ],
 )  # fmt: skip
 def test_conv_and_pool_layers_match_torch(xp, rng, ours, theirs, shape):
-    name = theirs.partition("(")[0]
-    if name.startswith(("Conv", "MaxPool", "AvgPool")) and not hasattr(
-        F, name.lower().replace("pool", "_pool")
-    ):
-        pytest.skip(f"F.{name.lower()} not available yet")
     layer = on(ours(), xp, "float64")
     t_layer = eval(f"torch.nn.{theirs}").double()
     t_layer.load_state_dict({k: torch.from_numpy(to_np(v)) for k, v in layer.state_dict().items()})

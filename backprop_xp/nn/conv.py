@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from .. import functional as F
+from ..functional._windows import as_tuple
 from .init import RNG, kaiming_uniform, resolve_rng, uniform
 from .module import Backprop, Module, Parameter, once
 
@@ -23,11 +24,6 @@ __all__ = [
 
 Array = Any
 Size = int | tuple[int, ...]
-
-
-def _ntuple(value: Size, nd: int) -> tuple[int, ...]:
-    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    return items * nd if len(items) == 1 else items
 
 
 class _ConvNd(Module):
@@ -58,7 +54,9 @@ class _ConvNd(Module):
                 f"be divisible by groups ({groups})"
             )
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = _ntuple(kernel_size, self._nd)
+        self.kernel_size = as_tuple(
+            type(self).__name__, "kernel_size", kernel_size, self._nd, minimum=1
+        )
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         fan_in = (in_channels // groups) * math.prod(self.kernel_size)
         gen = resolve_rng(rng)

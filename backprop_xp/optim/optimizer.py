@@ -43,7 +43,6 @@ class Optimizer:
         self.lr = lr
         self.initial_lr = lr
         self.state: dict[int, dict[str, Any]] = {}
-        self._namespaces = [get_namespace(p.data) for p in self.params]
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -51,8 +50,10 @@ class Optimizer:
 
     def step(self) -> None:
         """Update every parameter that has a gradient."""
-        for p, xp in zip(self.params, self._namespaces, strict=True):
+        for p in self.params:
             if p.grad is not None:
+                # looked up each step: the model may have moved (Module.to) since __init__
+                xp = get_namespace(p.data, p.grad, op=f"{type(self).__name__}.step")
                 self._update(p, self.state.setdefault(id(p), {}), xp)
                 if p.data.ndim == 0:  # NumPy turns 0-d arithmetic results into scalars
                     p.data = xp.asarray(p.data)
