@@ -195,8 +195,8 @@ def gradcheck(
                 f"gradient for '{names[i] if i < len(names) else i}': the first one changed "
                 f"something the cache holds"
             )
-    for i, x in enumerate(inputs):
-        if before[i] is not None and not np.array_equal(to_numpy(x), before[i], equal_nan=True):
+    for i, (x, x0) in enumerate(zip(inputs, before, strict=True)):
+        if x0 is not None and not np.array_equal(to_numpy(x), x0, equal_nan=True):
             raise GradcheckError(f"gradcheck({op_name}): the op modified its input '{names[i]}'")
 
     def loss(args: list[Any]) -> float:
