@@ -8,7 +8,7 @@ from typing import Any
 from .. import functional as F
 from ..functional._windows import as_tuple
 from .init import RNG, kaiming_uniform, resolve_rng, uniform
-from .module import Backprop, Module, Parameter, once
+from .module import Backprop, Module, OpLayer, Parameter, once
 
 __all__ = [
     "AvgPool1d",
@@ -117,21 +117,7 @@ class Conv3d(_ConvNd):
     _nd = 3
 
 
-class _Pool(Module):
-    _op = ""
-
-    def _options(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def forward(self, x: Array) -> tuple[Array, Backprop]:
-        y, cache = getattr(F, self._op)(x, **self._options())
-        backward = getattr(F, self._op + "_backward")
-
-        def backprop(dy: Array) -> Array:
-            return backward(dy, cache)[0]
-
-        return y, once(type(self).__name__, backprop)
-
+class _Pool(OpLayer):
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self._options().items())
 

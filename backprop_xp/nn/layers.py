@@ -10,7 +10,7 @@ import numpy as np
 from .. import functional as F
 from ..backend import device, get_namespace, random_uniform
 from .init import RNG, kaiming_uniform, resolve_rng, uniform
-from .module import Backprop, Module, Parameter, once
+from .module import Backprop, Module, OpLayer, Parameter, once
 
 __all__ = [
     "ELU",
@@ -100,43 +100,25 @@ class Linear(Module):
         )
 
 
-class _Elementwise(Module):
-    """A parameter-free layer over one functional op ``F.<op>`` / ``F.<op>_backward``."""
-
-    _op: str = ""
-
-    def _options(self) -> dict[str, Any]:
-        return {}
-
-    def forward(self, x: Array) -> tuple[Array, Backprop]:
-        y, cache = getattr(F, self._op)(x, **self._options())
-        backward = getattr(F, self._op + "_backward")
-
-        def backprop(dy: Array) -> Array:
-            return backward(dy, cache)[0]
-
-        return y, once(type(self).__name__, backprop)
-
-
-class ReLU(_Elementwise):
+class ReLU(OpLayer):
     """``F.relu``."""
 
     _op = "relu"
 
 
-class Tanh(_Elementwise):
+class Tanh(OpLayer):
     """``F.tanh``."""
 
     _op = "tanh"
 
 
-class Sigmoid(_Elementwise):
+class Sigmoid(OpLayer):
     """``F.sigmoid``."""
 
     _op = "sigmoid"
 
 
-class LeakyReLU(_Elementwise):
+class LeakyReLU(OpLayer):
     """``F.leaky_relu(x, negative_slope)``."""
 
     _op = "leaky_relu"
@@ -152,7 +134,7 @@ class LeakyReLU(_Elementwise):
         return f"negative_slope={self.negative_slope}"
 
 
-class ELU(_Elementwise):
+class ELU(OpLayer):
     """``F.elu(x, alpha)``."""
 
     _op = "elu"
@@ -168,7 +150,7 @@ class ELU(_Elementwise):
         return f"alpha={self.alpha}"
 
 
-class Softplus(_Elementwise):
+class Softplus(OpLayer):
     """``F.softplus(x, beta, threshold)``."""
 
     _op = "softplus"
@@ -191,36 +173,27 @@ class Identity(Module):
         return x, once("Identity", lambda dy: dy)
 
 
-class Flatten(Module):
+class Flatten(OpLayer):
     """Merge axes ``start_axis..end_axis`` into one (torch's ``nn.Flatten``, ``dim`` → ``axis``)."""
+
+    _op = "flatten"
 
     def __init__(self, start_axis: int = 1, end_axis: int = -1):
         super().__init__()
         self.start_axis, self.end_axis = start_axis, end_axis
 
-    def forward(self, x: Array) -> tuple[Array, Backprop]:
-        y, cache = F.flatten(x, start_axis=self.start_axis, end_axis=self.end_axis)
-
-        def backprop(dy: Array) -> Array:
-            return F.flatten_backward(dy, cache)[0]
-
-        return y, once("Flatten", backprop)
+    def _options(self) -> dict[str, Any]:
+        return {"start_axis": self.start_axis, "end_axis": self.end_axis}
 
     def extra_repr(self) -> str:
         return f"start_axis={self.start_axis}, end_axis={self.end_axis}"
 
 
-class GlobalAvgPool(Module):
+class GlobalAvgPool(OpLayer):
     """Mean over all spatial axes, ``(N, C, *S) → (N, C)`` (``F.global_avg_pool``; torch's
     ``AdaptiveAvgPool{1,2,3}d(1)`` followed by ``Flatten``)."""
 
-    def forward(self, x: Array) -> tuple[Array, Backprop]:
-        y, cache = F.global_avg_pool(x)
-
-        def backprop(dy: Array) -> Array:
-            return F.global_avg_pool_backward(dy, cache)[0]
-
-        return y, once("GlobalAvgPool", backprop)
+    _op = "global_avg_pool"
 
 
 class Dropout(Module):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
+from .. import functional as F
 from ..backend import device as device_of
 from ..backend import get_namespace, library_name, namespace, to_namespace
 
@@ -286,6 +287,25 @@ class Module:
         if len(lines) == 1:
             return lines[0] + ")"
         return "\n".join(lines) + "\n)"
+
+
+class OpLayer(Module):
+    """A parameter-free layer over one functional op: ``F.<_op>(x, **_options())`` and
+    ``F.<_op>_backward``. Subclasses set ``_op`` and, where the op has options, ``_options``."""
+
+    _op: str = ""
+
+    def _options(self) -> dict[str, Any]:
+        return {}
+
+    def forward(self, x: Any) -> tuple[Any, Backprop]:
+        y, cache = getattr(F, self._op)(x, **self._options())
+        backward = getattr(F, self._op + "_backward")
+
+        def backprop(dy: Any) -> Any:
+            return backward(dy, cache)[0]
+
+        return y, once(type(self).__name__, backprop)
 
 
 class Sequential(Module):
