@@ -209,7 +209,13 @@ def cross_entropy(
     zero = xp.zeros_like(loss)
     loss = xp.where(valid, loss, zero)
     kept = xp.astype(valid, input.dtype)
-    denominator = xp.sum(kept if w_y is None else kept * w_y) if reduction == "mean" else None
+    denominator = None
+    if reduction == "mean":
+        total = xp.sum(kept if w_y is None else kept * w_y)
+        # nothing kept: NaN as torch, without a 0/0 (NumPy would warn)
+        denominator = xp.where(
+            total == 0, xp.asarray(float("nan"), dtype=total.dtype, device=device(total)), total
+        )
     out = _reduce(xp, loss[:, 0, ...], reduction, denominator)
     cache = CrossEntropyCache(
         e, s, None, t_safe, weight, valid, denominator, reduction, eps, False, unbatched
