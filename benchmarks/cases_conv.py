@@ -29,9 +29,9 @@ def cases(ctx: Context) -> list[Case]:
         out.append(_conv2d(ctx, n, c, c, hw, 3, 1, gpu_only))
     n = n_list[0][0]
     x = ctx.rng.standard_normal((n, c, hw, hw))
-    out.append(_max_pool2d(ctx, x, 2, 2))
-    out.append(_max_pool2d(ctx, x, 3, 2))
-    out.append(_avg_pool2d(ctx, x, 3, 2))
+    out.append(_pool2d(ctx, "max_pool2d", x, 2, 2, target_cpu=1.0))
+    out.append(_pool2d(ctx, "max_pool2d", x, 3, 2, target_cpu=1.0))
+    out.append(_pool2d(ctx, "avg_pool2d", x, 3, 2, target_cpu=None))
     out.append(_global_avg_pool(ctx, x))
     return out
 
@@ -72,42 +72,25 @@ def _conv2d(
     )
 
 
-def _max_pool2d(ctx: Context, x: Any, k: int, s: int) -> Case:
+def _pool2d(ctx: Context, op: str, x: Any, k: int, s: int, target_cpu: float | None) -> Case:
+    """``F.max_pool2d`` or ``F.avg_pool2d`` (same name in torch), kernel k, stride s."""
     x_o, x_t = ctx.ours(x), ctx.theirs(x, requires_grad=True)
     shape_out = (x.shape[0], x.shape[1], *((d - k) // s + 1 for d in x.shape[2:]))
     dy = ctx.rng.standard_normal(shape_out)
     dy_o, dy_t = ctx.ours(dy), ctx.theirs(dy)
-    tnf = ctx.torch.nn.functional
+    forward, backward = getattr(F, op), getattr(F, op + "_backward")
+    torch_op = getattr(ctx.torch.nn.functional, op)
 
     def ours() -> Any:
-        _, cache = F.max_pool2d(x_o, k, s)
-        return F.max_pool2d_backward(dy_o, cache)
+        _, cache = forward(x_o, k, s)
+        return backward(dy_o, cache)
 
     def theirs() -> Any:
         ctx.zero_grad(x_t)
-        tnf.max_pool2d(x_t, k, s).backward(dy_t)
+        torch_op(x_t, k, s).backward(dy_t)
 
     shape = "x".join(map(str, x.shape)) + f" {k}x{k}/{s}"
-    return Case("max_pool2d", FAMILY, shape, ours, theirs, target_cpu=1.0)
-
-
-def _avg_pool2d(ctx: Context, x: Any, k: int, s: int) -> Case:
-    x_o, x_t = ctx.ours(x), ctx.theirs(x, requires_grad=True)
-    shape_out = (x.shape[0], x.shape[1], *((d - k) // s + 1 for d in x.shape[2:]))
-    dy = ctx.rng.standard_normal(shape_out)
-    dy_o, dy_t = ctx.ours(dy), ctx.theirs(dy)
-    tnf = ctx.torch.nn.functional
-
-    def ours() -> Any:
-        _, cache = F.avg_pool2d(x_o, k, s)
-        return F.avg_pool2d_backward(dy_o, cache)
-
-    def theirs() -> Any:
-        ctx.zero_grad(x_t)
-        tnf.avg_pool2d(x_t, k, s).backward(dy_t)
-
-    shape = "x".join(map(str, x.shape)) + f" {k}x{k}/{s}"
-    return Case("avg_pool2d", FAMILY, shape, ours, theirs)
+    return Case(op, FAMILY, shape, ours, theirs, target_cpu=target_cpu)
 
 
 def _global_avg_pool(ctx: Context, x: Any) -> Case:

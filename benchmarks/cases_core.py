@@ -6,7 +6,6 @@ on CPU, <= 1.1 on GPU. Softmax and log-softmax are shown for reference (no targe
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from _harness import Case, Context
@@ -27,51 +26,30 @@ def cases(ctx: Context) -> list[Case]:
     for n, c, gpu_only in rows:
         if gpu_only and not ctx.gpu:
             continue  # do not build 128 MiB of inputs that the CPU run skips anyway
-        out += [_softmax(ctx, n, c, gpu_only), _log_softmax(ctx, n, c, gpu_only)]
-        if hasattr(F, "cross_entropy"):
-            out.append(_cross_entropy(ctx, n, c, gpu_only))
-    if hasattr(F, "linear"):
-        out.append(_linear(ctx, n_lin, n_lin, n_lin))
-    missing = [name for name in ("cross_entropy", "linear") if not hasattr(F, name)]
-    if missing:
-        print(f"cases_core: F.{', F.'.join(missing)} not available yet; skipped", file=sys.stderr)
+        out += [_softmax(ctx, op, n, c, gpu_only) for op in ("softmax", "log_softmax")]
+        out.append(_cross_entropy(ctx, n, c, gpu_only))
+    out.append(_linear(ctx, n_lin, n_lin, n_lin))
     return out
 
 
-def _softmax(ctx: Context, n: int, c: int, gpu_only: bool) -> Case:
+def _softmax(ctx: Context, op: str, n: int, c: int, gpu_only: bool) -> Case:
+    """``F.softmax`` or ``F.log_softmax`` (same name in torch) over the last axis."""
     x = ctx.rng.standard_normal((n, c))
     dy = ctx.rng.standard_normal((n, c))
     x_o, dy_o = ctx.ours(x), ctx.ours(dy)
     x_t, dy_t = ctx.theirs(x, requires_grad=True), ctx.theirs(dy)
-    torch = ctx.torch
+    forward, backward = getattr(F, op), getattr(F, op + "_backward")
+    torch_op = getattr(ctx.torch, op)
 
     def ours() -> Any:
-        _, cache = F.softmax(x_o, axis=-1)
-        return F.softmax_backward(dy_o, cache)
+        _, cache = forward(x_o, axis=-1)
+        return backward(dy_o, cache)
 
     def theirs() -> Any:
         ctx.zero_grad(x_t)
-        torch.softmax(x_t, dim=-1).backward(dy_t)
+        torch_op(x_t, dim=-1).backward(dy_t)
 
-    return Case("softmax", FAMILY, f"{n}x{c}", ours, theirs, gpu_only=gpu_only)
-
-
-def _log_softmax(ctx: Context, n: int, c: int, gpu_only: bool) -> Case:
-    x = ctx.rng.standard_normal((n, c))
-    dy = ctx.rng.standard_normal((n, c))
-    x_o, dy_o = ctx.ours(x), ctx.ours(dy)
-    x_t, dy_t = ctx.theirs(x, requires_grad=True), ctx.theirs(dy)
-    torch = ctx.torch
-
-    def ours() -> Any:
-        _, cache = F.log_softmax(x_o, axis=-1)
-        return F.log_softmax_backward(dy_o, cache)
-
-    def theirs() -> Any:
-        ctx.zero_grad(x_t)
-        torch.log_softmax(x_t, dim=-1).backward(dy_t)
-
-    return Case("log_softmax", FAMILY, f"{n}x{c}", ours, theirs, gpu_only=gpu_only)
+    return Case(op, FAMILY, f"{n}x{c}", ours, theirs, gpu_only=gpu_only)
 
 
 def _cross_entropy(ctx: Context, n: int, c: int, gpu_only: bool) -> Case:
