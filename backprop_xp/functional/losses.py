@@ -75,6 +75,7 @@ class CrossEntropyCache(NamedTuple):
     target: Array  # class indices (keepdims on the class axis) or probabilities
     weight: Array | None  # class weights broadcast along the class axis
     valid: Array | None  # target != ignore_index, keepdims (class indices only)
+    w_y: Array | None  # weight of each sample's target class, keepdims (weighted indices only)
     denominator: Array | None
     reduction: str
     label_smoothing: float
@@ -188,7 +189,7 @@ def cross_entropy(
         denominator = _count(xp, loss, input)
         out = _reduce(xp, loss, reduction, denominator)
         cache = CrossEntropyCache(
-            e, s, z, target, weight, None, denominator, reduction, eps, True, unbatched
+            e, s, z, target, weight, None, None, denominator, reduction, eps, True, unbatched
         )
         return (out[0, ...] if unbatched and reduction == "none" else out), cache
 
@@ -218,7 +219,7 @@ def cross_entropy(
         )
     out = _reduce(xp, loss[:, 0, ...], reduction, denominator)
     cache = CrossEntropyCache(
-        e, s, None, t_safe, weight, valid, denominator, reduction, eps, False, unbatched
+        e, s, None, t_safe, weight, valid, w_y, denominator, reduction, eps, False, unbatched
     )
     return (out[0, ...] if unbatched and reduction == "none" else out), cache
 
@@ -244,7 +245,9 @@ def cross_entropy_backward(
     dloss: Array, cache: CrossEntropyCache, /
 ) -> tuple[Array, Array | None, None]:
     """Returns ``(d_input, d_target, None)``: ``d_target`` only for probability targets."""
-    e, s, z, target, weight, valid, denominator, reduction, eps, probabilities, unbatched = cache
+    (e, s, z, target, weight, valid, w_y, denominator, reduction, eps, probabilities, unbatched) = (
+        cache
+    )
     xp = get_namespace(dloss, e, op="cross_entropy_backward", names=("dloss", "cache"))
     n_classes = e.shape[1]
     g = dloss
@@ -281,13 +284,12 @@ def cross_entropy_backward(
     else:
         p = e / s
         is_target = xp.reshape(classes, (1, n_classes) + (1,) * (e.ndim - 2)) == target
-        w = (
-            weight
-            if weight is not None
-            else xp.ones((1, n_classes) + (1,) * (e.ndim - 2), dtype=e.dtype, device=device(e))
-        )
-        w_y = xp.sum(xp.where(is_target, w, xp.zeros_like(p)), axis=1, keepdims=True)
-        a = (1 - eps) * w_y + (eps / n_classes) * xp.sum(w, axis=1, keepdims=True)
+        w: Any
+        if weight is None or w_y is None:  # unweighted, smoothed: w_c = 1, sum_c w_c = C
+            w_y, w, w_sum = xp.ones_like(s), 1.0, float(n_classes)
+        else:  # w_y was gathered in the forward
+            w, w_sum = weight, xp.sum(weight, axis=1, keepdims=True)
+        a = (1 - eps) * w_y + (eps / n_classes) * w_sum
         dx = coef * (
             p * a - xp.where(is_target, (1 - eps) * w_y, xp.zeros_like(p)) - (eps / n_classes) * w
         )
