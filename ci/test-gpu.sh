@@ -3,9 +3,10 @@
 #
 #   1. installs carried wheels from .whl/ if present (array-api-compat, array-api-extra and
 #      array-api-strict are the ones a stock CUDA image lacks; see docs/gpu-matrix.md);
-#   2. runs the whole suite on the cupy and torch_cuda backends (numpy as the reference);
-#   3. prints, per op, the largest relative difference NumPy vs CuPy (ci/gpu_matrix.py);
-#   4. runs the benchmarks on CuPy against torch CUDA, and the digits example on CuPy.
+#   2. prints, per op, the largest relative difference NumPy vs CuPy (ci/gpu_matrix.py);
+#   3. runs the benchmarks on CuPy against torch CUDA;
+#   4. runs the whole suite on the cupy and torch_cuda backends (numpy as the reference);
+#   5. trains the digits example's three models on CuPy.
 #
 # Everything it prints is also written under $OUT (default ./gpu-out). On a machine without a
 # CUDA device it runs the same steps on the CPU torch backend, as a dry run of the script.
@@ -49,21 +50,38 @@ else
     ours=torch
 fi
 
+# Each step has a time limit (seconds; override with the variables) so that one slow step
+# cannot eat a device lease: the four together stay under the device tool's 10 minutes per
+# command. The numbers come first, the long suite after them.
+LIMIT_MATRIX=${LIMIT_MATRIX:-60}
+LIMIT_BENCH=${LIMIT_BENCH:-200}
+LIMIT_SUITE=${LIMIT_SUITE:-220}
+LIMIT_DIGITS=${LIMIT_DIGITS:-20}  # per model
 status=0
-echo "== test suite (${backends[*]})"
-"$PY" -m pytest -q -p no:cacheprovider "${backends[@]}" 2>&1 | tee "$OUT/pytest.txt" | tail -n 25
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+check() {  # check STEP LIMIT EXIT_STATUS
+    case $3 in
+        0) ;;
+        124) echo "!! $1 stopped at its $2 s limit"; status=1 ;;
+        *) echo "!! $1 exited with status $3"; status=1 ;;
+    esac
+}
 
 echo "== NumPy vs $ours, per op"
-"$PY" ci/gpu_matrix.py --backend "$ours" 2>&1 | tee "$OUT/gpu-matrix.md"
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+timeout "$LIMIT_MATRIX" "$PY" ci/gpu_matrix.py --backend "$ours" 2>&1 | tee "$OUT/gpu-matrix.md"
+check "gpu_matrix.py" "$LIMIT_MATRIX" "${PIPESTATUS[0]}"
 
 echo "== benchmarks ($ours vs torch)"
 quick=()
 [ "$gpu" -eq 1 ] || quick=(--quick)
-"$PY" benchmarks/bench.py --backend "$ours" "${quick[@]}" --json "$OUT/bench.json" 2>&1 |
-    tee "$OUT/bench.txt"
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+timeout "$LIMIT_BENCH" "$PY" benchmarks/bench.py --backend "$ours" "${quick[@]}" \
+    --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+check "bench.py" "$LIMIT_BENCH" "${PIPESTATUS[0]}"
+
+echo "== test suite (${backends[*]})"
+# SIGINT first: pytest then prints its summary of what ran
+timeout -s INT -k 10 "$LIMIT_SUITE" "$PY" -m pytest -q -p no:cacheprovider "${backends[@]}" 2>&1 |
+    tee "$OUT/pytest.txt" | tail -n 25
+check "pytest" "$LIMIT_SUITE" "${PIPESTATUS[0]}"
 
 if [ -f examples/train_digits.py ]; then
     echo "== examples/train_digits.py --backend $ours"
@@ -73,9 +91,10 @@ if [ -f examples/train_digits.py ]; then
     epochs=()
     [ "$gpu" -eq 1 ] || epochs=(--epochs 1)
     for model in cnn mlp rnn; do
-        /usr/bin/time -f "$model wall %e s" "$PY" examples/train_digits.py --model "$model" \
-            --backend "$ours" "${epochs[@]}" --out "$scratch/digits-$model" 2>&1 |
+        timeout "$LIMIT_DIGITS" /usr/bin/time -f "$model wall %e s" "$PY" examples/train_digits.py \
+            --model "$model" --backend "$ours" "${epochs[@]}" --out "$scratch/digits-$model" 2>&1 |
             grep -E "test accuracy|wall|epoch .*s" | tee -a "$OUT/digits.txt"
+        check "train_digits.py --model $model" "$LIMIT_DIGITS" "${PIPESTATUS[0]}"
     done
 fi
 echo "ci/test-gpu.sh: $([ $status -eq 0 ] && echo ok || echo FAILED)"
