@@ -215,10 +215,14 @@ def to_namespace(x: Array, xp: ModuleType | str, device: Any = None) -> Array:
     """Move ``x`` to namespace ``xp`` (a module or backend name), optionally onto ``device``.
 
     DLPack is tried first (zero copy where both libraries share the device); otherwise the
-    data goes through a host copy. ``dtype`` is preserved.
+    data goes through a host copy. ``dtype`` is preserved. A torch tensor that records
+    autograd history (a ``torch.nn.Parameter``, say) comes out detached: backprop_xp keeps
+    its own gradients.
     """
     if isinstance(xp, str):
         xp = namespace(xp)
+    if getattr(x, "requires_grad", False) and library_name(x) == "torch":
+        x = x.detach()
     if _is_array(x) and not isinstance(x, np.generic):
         src = array_api_compat.array_namespace(x)
         if src is xp or library_name(x) == _library_of_namespace(xp):

@@ -457,6 +457,69 @@ def test_load_state_dict_copies(xp):
     np.testing.assert_array_equal(to_np(model.weight.data), np.ones((2, 2)))
 
 
+@needs_torch
+def test_load_state_dict_from_torch_parameters_detaches():
+    theirs = torch.nn.Linear(4, 3)
+    ours = nn.Linear(4, 3).to("torch")
+    ours.load_state_dict(dict(theirs.named_parameters()))
+    assert not ours.weight.data.requires_grad and not ours.bias.data.requires_grad
+    y, _ = ours(torch.randn(2, 4))
+    assert not y.requires_grad
+    y.numpy()  # no autograd graph in the way
+    torch.testing.assert_close(ours.weight.data, theirs.weight.detach())
+
+
+def test_shared_layer_has_every_state_dict_key_as_torch():
+    shared = nn.Linear(3, 3, rng=0)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias"]
+    assert len(list(model.parameters())) == 2
+    state = {k: np.full(v.shape, 0.5, dtype=np.float32) for k, v in model.state_dict().items()}
+    model.load_state_dict(state)  # strict: both names accepted
+    np.testing.assert_array_equal(shared.weight.data, np.full((3, 3), 0.5, dtype=np.float32))
+    if torch is not None:
+        theirs = torch.nn.Linear(3, 3)
+        assert list(torch.nn.Sequential(theirs, torch.nn.ReLU(), theirs).state_dict()) == list(
+            model.state_dict()
+        )
+
+
+@pytest.mark.parametrize(
+    "build, x_shape",
+    [
+        (lambda: nn.Linear(3, 2, rng=0), (4, 3)),
+        (lambda: nn.Conv1d(2, 3, 3, rng=0), (4, 2, 6)),
+        (lambda: nn.Sequential(nn.Linear(3, 2, rng=0), nn.Tanh()), (4, 3)),
+        (lambda: nn.Dropout(0.5, rng=0), (4, 3)),
+    ],
+)
+def test_float64_gradient_into_float32_layer_is_cast_as_torch(build, x_shape):
+    """torch's autograd casts the gradient given to backward to the output's dtype."""
+    model = build()
+    x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
+    y, backprop = model(x)
+    dx = backprop(np.ones(y.shape))  # float64
+    assert dx.dtype == np.float32
+    for p in model.parameters():
+        assert p.grad.dtype == np.float32
+
+
+def test_loss_and_recurrent_backprops_cast_their_gradients():
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    (out, h_n), backprop = nn.GRU(3, 4, rng=0)(x)
+    dx, _ = backprop(np.ones(out.shape), d_h_n=np.ones(h_n.shape))
+    assert dx.dtype == np.float32
+    _, backprop = nn.MSELoss()(x, np.zeros_like(x))
+    assert backprop(np.asarray(2.0)).dtype == np.float32
+
+
+def test_parameter_refuses_a_gradient_of_another_dtype():
+    p = nn.Parameter(np.zeros(3, dtype=np.float32))
+    with pytest.raises(RuntimeError, match="dtype float64 for a parameter of dtype float32"):
+        p.accumulate(np.zeros(3))
+
+
 # -- training ---------------------------------------------------------------------------------
 
 

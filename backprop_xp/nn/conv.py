@@ -88,7 +88,7 @@ class _ConvNd(Module):
                 bias.accumulate(db)
             return dx
 
-        return y, once(type(self).__name__, backprop)
+        return y, once(type(self).__name__, backprop, like=y)
 
     def extra_repr(self) -> str:
         return (

@@ -91,7 +91,7 @@ class Linear(Module):
                 bias.accumulate(db)
             return dx
 
-        return y, once("Linear", backprop)
+        return y, once("Linear", backprop, like=y)
 
     def extra_repr(self) -> str:
         return (
@@ -170,7 +170,7 @@ class Identity(Module):
     """Returns its input; the backprop returns its gradient."""
 
     def forward(self, x: Array) -> tuple[Array, Backprop]:
-        return x, once("Identity", lambda dy: dy)
+        return x, once("Identity", lambda dy: dy, like=x)
 
 
 class Flatten(OpLayer):
@@ -217,7 +217,7 @@ class Dropout(Module):
 
     def forward(self, x: Array) -> tuple[Array, Backprop]:
         if not self.training or self.p == 0.0:
-            return x, once("Dropout", lambda dy: dy)
+            return x, once("Dropout", lambda dy: dy, like=x)
         xp = get_namespace(x)
         seed = None
         if self._seed is not None:
@@ -231,7 +231,8 @@ class Dropout(Module):
         def backprop(dy: Array) -> Array:
             return dy * mask
 
-        return x * mask, once("Dropout", backprop)
+        y = x * mask
+        return y, once("Dropout", backprop, like=y)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -34,7 +34,7 @@ class _Loss(Module):
                 dloss = get_namespace(loss).ones_like(loss)
             return backward(dloss, cache)[0]
 
-        return loss, once(type(self).__name__, backprop)
+        return loss, once(type(self).__name__, backprop, like=loss)
 
     def _moved(self, backend: Any, device: Any) -> None:
         for name in self._arrays:

@@ -8,6 +8,9 @@ A layer's forward returns its output and a ``backprop`` closure (Thinc's model):
 Each call builds its own closure holding its own cache, so a layer called twice before the
 backward (shared weights, two inputs) gets both gradients added into ``.grad``. A closure
 runs once; running it again raises instead of adding the same gradient twice.
+
+As in torch's autograd, the gradient given to a backprop is cast to its output's dtype (a
+float64 ``dy`` for a float32 layer gives float32 gradients), so parameters keep their dtype.
 """
 
 from __future__ import annotations
@@ -67,6 +70,10 @@ class Parameter:
                 f"Parameter: gradient of shape {tuple(g.shape)} for a parameter of shape "
                 f"{self.shape}"
             )
+        if g.dtype != self.dtype:
+            raise RuntimeError(
+                f"Parameter: gradient of dtype {g.dtype} for a parameter of dtype {self.dtype}"
+            )
         self.grad = g if self.grad is None else self.grad + g
 
     def __repr__(self) -> str:
@@ -93,8 +100,13 @@ class StateDictError(ValueError):
         super().__init__("load_state_dict: " + ". ".join(parts))
 
 
-def once(name: str, fn: Callable[..., Any]) -> Backprop:
-    """Wrap a backward closure so that a second run raises instead of double-counting."""
+def once(name: str, fn: Callable[..., Any], like: Array | None = None) -> Backprop:
+    """Wrap a backward closure so that a second run raises instead of double-counting.
+
+    With ``like`` (the forward's output), floating-point gradients passed in, alone or in
+    tuples, are cast to its dtype first, as torch's autograd casts the gradient given to
+    ``backward``.
+    """
     done = False
 
     def backprop(*args: Any, **kwargs: Any) -> Any:
@@ -104,9 +116,26 @@ def once(name: str, fn: Callable[..., Any]) -> Backprop:
                 f"{name}: this backprop was already run; run the forward again for a new one"
             )
         done = True
+        if like is not None:
+            args = tuple(_cast_like(a, like) for a in args)
+            kwargs = {k: _cast_like(v, like) for k, v in kwargs.items()}
         return fn(*args, **kwargs)
 
     return backprop
+
+
+def _cast_like(g: Any, like: Array) -> Any:
+    """``g`` (an array, None, or a tuple or list of them) in ``like``'s floating dtype."""
+    if isinstance(g, (tuple, list)):
+        return type(g)(_cast_like(v, like) for v in g)
+    if g is None or not hasattr(g, "dtype") or g.dtype == like.dtype:
+        return g
+    if library_name(g) != library_name(like):
+        return g  # the op reports the mixed libraries
+    xp = get_namespace(g)
+    if xp.isdtype(g.dtype, "real floating") and xp.isdtype(like.dtype, "real floating"):
+        return xp.astype(g, like.dtype)
+    return g
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -173,12 +202,18 @@ class Module:
         for _, m in self.named_modules():
             yield m
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        """``(name, parameter)`` pairs with torch's dotted names (``"0.weight"``)."""
+    def named_parameters(
+        self, prefix: str = "", remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Parameter]]:
+        """``(name, parameter)`` pairs with torch's dotted names (``"0.weight"``).
+
+        A parameter shared by several layers comes once, under its first name, unless
+        ``remove_duplicate=False`` (as torch).
+        """
         seen: set[int] = set()
         for mod_prefix, m in self.named_modules(prefix):
             for name, p in m._parameters.items():
-                if p is None or id(p) in seen:
+                if p is None or (remove_duplicate and id(p) in seen):
                     continue
                 seen.add(id(p))
                 yield (f"{mod_prefix}.{name}" if mod_prefix else name), p
@@ -203,8 +238,11 @@ class Module:
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Array]:
-        """Name → array (the parameters' current arrays, not copies), torch's names and order."""
-        return {name: p.data for name, p in self.named_parameters()}
+        """Name → array (the parameters' current arrays, not copies), torch's names and order.
+
+        A parameter shared by several layers appears under each of its names, as in torch.
+        """
+        return {name: p.data for name, p in self.named_parameters(remove_duplicate=False)}
 
     def load_state_dict(self, state_dict: Mapping[str, Array], strict: bool = True) -> Module:
         """Copy arrays from ``state_dict`` (any library: NumPy, torch, ...) into the parameters.
@@ -214,7 +252,7 @@ class Module:
         :class:`StateDictError`; nothing is loaded unless everything fits. ``strict=False``
         tolerates missing and unexpected keys (mismatches still raise).
         """
-        own = dict(self.named_parameters())
+        own = dict(self.named_parameters(remove_duplicate=False))
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         mismatched = []
@@ -305,7 +343,7 @@ class OpLayer(Module):
         def backprop(dy: Any) -> Any:
             return backward(dy, cache)[0]
 
-        return y, once(type(self).__name__, backprop)
+        return y, once(type(self).__name__, backprop, like=y)
 
 
 class Sequential(Module):
@@ -342,4 +380,4 @@ class Sequential(Module):
                 dy = bp(dy)
             return dy
 
-        return x, once("Sequential", backprop)
+        return x, once("Sequential", backprop, like=x)
