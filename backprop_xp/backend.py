@@ -223,7 +223,7 @@ def to_namespace(x: Array, xp: ModuleType | str, device: Any = None) -> Array:
         xp = namespace(xp)
     if getattr(x, "requires_grad", False) and library_name(x) == "torch":
         x = x.detach()
-    if _is_array(x) and not isinstance(x, np.generic):
+    if _is_array(x) and not isinstance(x, (np.generic, list, tuple)):
         src = array_api_compat.array_namespace(x)
         if src is xp or library_name(x) == _library_of_namespace(xp):
             return x if device is None else array_api_compat.to_device(x, device)

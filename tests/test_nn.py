@@ -565,3 +565,19 @@ def B_numpy() -> Any:
     from backprop_xp.backend import namespace
 
     return namespace("numpy")
+
+
+def test_recurrent_layer_lengths_as_a_list(rng):
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    layer = nn.GRU(3, 4, rng=0)
+    (out_list, h_list), _ = layer(x, lengths=[5, 3])
+    (out_arr, h_arr), _ = layer(x, lengths=np.array([5, 3]))
+    np.testing.assert_array_equal(out_list, out_arr)
+    np.testing.assert_array_equal(h_list, h_arr)
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_gated_layers_have_no_nonlinearity(cls):
+    with pytest.raises(TypeError, match=f"{cls.__name__}: unexpected argument 'nonlinearity'"):
+        cls(3, 4, nonlinearity="relu")
+    assert nn.RNN(3, 4, 1, "relu").nonlinearity == "relu"

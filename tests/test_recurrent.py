@@ -522,3 +522,33 @@ def test_bias_gradients_are_distinct_arrays(xp, rng, cell):
     db_ih, db_hh = grads[-3], grads[-2]
     assert db_ih is not db_hh
     np.testing.assert_array_equal(to_np(db_ih), to_np(db_hh))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("ldtype", ["int8", "uint8", "int16", "int32"])
+def test_narrow_integer_lengths(xp, rng, cell, ldtype):
+    """T beyond the lengths' dtype range must not wrap (arange(T, dtype=int8) would)."""
+    t = 300 if ldtype == "uint8" else 200
+    args = make_inputs(rng, cell, lengths=True, shape=(t, 3, 2, 2), w_scale=0.3)
+    args[-1] = np.array([t // 2, 50, 7])
+    wide, _ = getattr(F, cell)(*to_xp(xp, args))
+    args[-1] = args[-1].astype(ldtype)
+    narrow, _ = getattr(F, cell)(*to_xp(xp, args))
+    for a, b in zip(wide, narrow, strict=True):
+        assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_final_state_is_not_a_view_into_the_cache(rng, cell):
+    """Resetting h_n in place between chunks must not change the backward."""
+    args = make_inputs(rng, cell)
+    fwd, bwd = OPS[cell]
+    out, cache = fwd(*args)
+    cot = (np.ones_like(out[0]),) + (None,) * (len(out) - 1)
+    before = bwd(cot, cache)
+    for state in out[1:]:
+        state[...] = 0.0
+    after = bwd(cot, cache)
+    for a, b in zip(before, after, strict=True):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)

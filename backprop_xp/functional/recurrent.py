@@ -120,6 +120,8 @@ def _check(
             raise shape_error(
                 op, "lengths", f"shape ({N},) (one per sequence)", f"shape {tuple(lengths.shape)}"
             )
+        if lengths.dtype != xp.int64:  # a narrow type would wrap in arange(T) and in t < T
+            lengths = xp.astype(lengths, xp.int64)
         # One host sync per call, like the class-index check of the losses.
         if index_checks_enabled() and N and bool(xp.any((lengths < 0) | (lengths > T))):
             raise ValueError(
@@ -230,6 +232,12 @@ def _bias_grads(
     )
 
 
+def _own(xp: ModuleType, state: Array) -> Array:
+    """A final state as its own array, not a view into the cache: resetting it in place
+    (``h_n[done] = 0`` between chunks) must not change what the backward reads."""
+    return xp.asarray(state, copy=True)
+
+
 def _bias_sum(b_ih: Array | None, b_hh: Array | None) -> Array | None:
     if b_ih is None:
         return b_hh
@@ -330,7 +338,7 @@ def rnn(
     Hs = hs.data
     output = Hs[1:, ...] if mask is None else xp.where(mask, Hs[1:, ...], zero)
     cache = RNNCache(X, Hs, w_ih, w_hh, mask, nonlinearity, b_ih is not None, b_hh is not None)
-    return (output, Hs[T, ...]), cache
+    return (output, _own(xp, Hs[T, ...])), cache
 
 
 def rnn_backward(
@@ -508,7 +516,7 @@ def lstm(
     output = Hs[1:, ...] if mask is None else xp.where(mask, Hs[1:, ...], zero)
     has_b = (b_ih is not None, b_hh is not None)
     cache = LSTMCache(X, Hs, cs.data, tzs.data, w_ih, w_hh, mask, *has_b)
-    return (output, Hs[T, ...], cs.data[T, ...]), cache
+    return (output, _own(xp, Hs[T, ...]), _own(xp, cs.data[T, ...])), cache
 
 
 def lstm_backward(
@@ -696,7 +704,7 @@ def gru(
     output = Hs[1:, ...] if mask is None else xp.where(mask, Hs[1:, ...], zero)
     has_b = (b_ih is not None, b_hh is not None)
     cache = GRUCache(X, Hs, rzs.data, hns.data, ns.data, w_ih, w_hh, mask, *has_b)
-    return (output, Hs[T, ...]), cache
+    return (output, _own(xp, Hs[T, ...])), cache
 
 
 def gru_backward(

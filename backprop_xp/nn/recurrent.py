@@ -68,12 +68,15 @@ class _RNNBase(Module):
         *,
         rng: RNG = None,
         dtype: str = "float32",
-        nonlinearity: str = "tanh",
+        nonlinearity: str | None = None,
     ):
         super().__init__()
         name = type(self).__name__
         if num_layers < 1:
             raise ValueError(f"{name}: argument 'num_layers' expected >= 1, got {num_layers}")
+        if nonlinearity is not None and self._mode != "rnn":
+            raise TypeError(f"{name}: unexpected argument 'nonlinearity' (only RNN has one)")
+        nonlinearity = "tanh" if nonlinearity is None else nonlinearity
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(
                 f"{name}: argument 'nonlinearity' expected 'tanh' or 'relu', got {nonlinearity!r}"
