@@ -245,6 +245,68 @@ def test_cross_entropy_bad_inputs(xp):
         F.cross_entropy(x, xp.asarray([0, 1]), reduction="avg")
     with pytest.raises(ValueError, match=r"argument 'label_smoothing'"):
         F.cross_entropy(x, xp.asarray([0, 1]), label_smoothing=1.5)
+    with pytest.raises(TypeError, match=r"argument 'ignore_index' expected an int, got 1.5"):
+        F.cross_entropy(x, xp.asarray([0, 1]), ignore_index=1.5)
+    with pytest.raises(TypeError, match=r"argument 'target' expected an array .* got int"):
+        F.cross_entropy(x, 1)
+    # unbatched: the message shows the shapes as given, not the internally batched ones
+    with pytest.raises(
+        ValueError,
+        match=r"'target' expected a class index of shape \(\) or probabilities of shape "
+        r"\(3,\) for unbatched input, got shape \(2,\)",
+    ):
+        F.cross_entropy(x[0, ...], xp.asarray([0, 1]))
+
+
+@pytest.mark.parametrize("tdtype", ["int8", "uint8", "int16", "int32"])
+def test_cross_entropy_narrow_integer_targets(xp, rng, tdtype):
+    """Any integer dtype of class indices, on every backend (torch gathers only with int64)."""
+    x = xp.asarray(rng.standard_normal((4, 3)))
+    t = np.array([0, 2, 1, 2])
+    wide, wide_cache = F.cross_entropy(x, xp.asarray(t), weight=xp.asarray(np.arange(1.0, 4.0)))
+    narrow, cache = F.cross_entropy(
+        x, xp.asarray(t.astype(tdtype)), weight=xp.asarray(np.arange(1.0, 4.0))
+    )
+    assert_close(narrow, wide, rtol=0, atol=0)
+    one = xp.ones_like(wide)
+    assert_close(
+        F.cross_entropy_backward(one, cache)[0],
+        F.cross_entropy_backward(one, wide_cache)[0],
+        rtol=0,
+        atol=0,
+    )
+
+
+@pytest.mark.parametrize("op", ["mse_loss", "bce_with_logits", "cross_entropy"])
+def test_float16_means_accumulate_in_float32(xp, op):
+    """As torch: a float16 mean over more than 65504 elements, or a sum past float16's
+    range before the division, still gives the right value."""
+    if xp.backend_name == "array_api_strict":
+        pytest.skip("array-api-strict has no float16")
+    rng = np.random.default_rng(0)
+    n = 70000
+    x64 = rng.standard_normal(n) * 3
+    x = xp.asarray(x64, dtype=xp.float16)
+    x64 = to_np(x).astype(np.float64)  # the values float16 holds
+    if op == "mse_loss":
+        out, cache = F.mse_loss(x, xp.zeros_like(x))
+        expected = np.mean(x64**2)
+        backward = F.mse_loss_backward
+    elif op == "bce_with_logits":
+        out, cache = F.binary_cross_entropy_with_logits(x, xp.zeros_like(x))
+        expected = np.mean(np.logaddexp(0, x64))
+        backward = F.binary_cross_entropy_with_logits_backward
+    else:
+        logits = xp.reshape(x, (n // 2, 2))
+        out, cache = F.cross_entropy(logits, xp.asarray(np.zeros(n // 2, dtype=np.int64)))
+        z = x64.reshape(-1, 2)
+        expected = np.mean(np.logaddexp(z[:, 0], z[:, 1]) - z[:, 0])
+        backward = F.cross_entropy_backward
+    assert out.dtype == xp.float16
+    np.testing.assert_allclose(float(to_np(out)), expected, rtol=2e-3)
+    dx = backward(xp.ones_like(out), cache)[0]
+    assert dx.dtype == xp.float16
+    assert np.all(np.isfinite(to_np(dx))) and np.any(to_np(dx) != 0)
 
 
 def test_cross_entropy_index_check_can_be_switched_off(xp):

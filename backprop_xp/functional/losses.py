@@ -7,6 +7,7 @@ Semantics, defaults and reductions follow ``torch.nn.functional``; the derivatio
 from __future__ import annotations
 
 import math
+import numbers
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -39,9 +40,17 @@ _REDUCTIONS = ("mean", "sum", "none")
 def _reduce(xp: ModuleType, loss: Array, reduction: str, denominator: Array | None) -> Array:
     if reduction == "none":
         return loss
-    total = xp.sum(loss)
+    # float16 sums accumulate in float32, as torch's do: 30000 squared errors of ~9 already
+    # overflow float16 (max 65504)
+    total = xp.sum(loss, dtype=_accumulator(xp, loss.dtype))
+    out = total if reduction == "sum" else total / denominator
     # asarray: NumPy reduces to a NumPy scalar; the protocol returns 0-d arrays
-    return xp.asarray(total if reduction == "sum" else total / denominator)
+    return xp.asarray(xp.astype(out, loss.dtype, copy=False))
+
+
+def _accumulator(xp: ModuleType, dtype: Any) -> Any:
+    """The dtype reductions of ``dtype`` run in: float32 for narrower floats, else itself."""
+    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
 
 
 def _check_pair(op: str, input: Array, target: Array, reduction: str, xp: ModuleType) -> None:
@@ -56,16 +65,20 @@ def _check_pair(op: str, input: Array, target: Array, reduction: str, xp: Module
 
 
 def _count(xp: ModuleType, a: Array, like: Array) -> Array:
-    """The number of elements of ``a`` as a 0-d array of ``like``'s dtype (NaN when empty, so
-    the mean of nothing is NaN as in torch)."""
+    """The number of elements of ``a`` as a 0-d array of ``like``'s accumulation dtype
+    (float32 for float16: 65504 is float16's largest value); NaN when empty, so the mean of
+    nothing is NaN as in torch."""
     size = math.prod(a.shape)
     n = float(size) if size else float("nan")
-    return xp.asarray(n, dtype=like.dtype, device=device(like))
+    return xp.asarray(n, dtype=_accumulator(xp, like.dtype), device=device(like))
 
 
 def _scale(xp: ModuleType, g: Array, reduction: str, denominator: Array | None) -> Array:
-    """``∂L/∂loss_n`` of the reduction, broadcastable against the per-sample loss."""
-    return g / denominator if reduction == "mean" else g
+    """``∂L/∂loss_n`` of the reduction, broadcastable against the per-sample loss, in
+    ``g``'s dtype."""
+    if reduction != "mean":
+        return g
+    return xp.astype(g / denominator, g.dtype, copy=False)
 
 
 class CrossEntropyCache(NamedTuple):
@@ -140,9 +153,24 @@ def cross_entropy(
         raise ValueError(
             f"{op}: argument 'label_smoothing' expected a value in [0, 1], got {label_smoothing}"
         )
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"{op}: argument 'ignore_index' expected an int, got {ignore_index!r}")
+    if not hasattr(target, "shape"):
+        raise TypeError(
+            f"{op}: argument 'target' expected an array of class indices or probabilities, "
+            f"got {type(target).__name__}"
+        )
     if input.ndim == 0:
         raise shape_error(op, "input", "shape (N, C), (N, C, d1, ...) or (C,)", "shape ()")
     unbatched = input.ndim == 1
+    if unbatched and tuple(target.shape) not in ((), tuple(input.shape)):
+        raise shape_error(
+            op,
+            "target",
+            f"a class index of shape () or probabilities of shape {tuple(input.shape)} for "
+            f"unbatched input",
+            f"shape {tuple(target.shape)}",
+        )
     if unbatched:
         input = input[None, ...]
         target = target[None, ...]
@@ -193,7 +221,9 @@ def cross_entropy(
         )
         return (out[0, ...] if unbatched and reduction == "none" else out), cache
 
-    t = target[:, None, ...]
+    # int64 like torch's targets: torch gathers only with int64 indices, and a narrow or
+    # unsigned type cannot hold ignore_index=-100 for the comparison
+    t = xp.astype(target, xp.int64, copy=False)[:, None, ...]
     valid = t != ignore_index
     if index_checks_enabled():
         _check_indices(xp, t, valid, n_classes, ignore_index)
