@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from ..backend import get_namespace
+
 Array = Any
 
 
@@ -33,6 +35,35 @@ def check_same_dtype(op: str, name: str, x: Array, like_name: str, like: Array) 
             f"{op}: argument '{name}' expected dtype {like.dtype} (that of '{like_name}'), "
             f"got {x.dtype}"
         )
+
+
+def check_cotangent(op: str, name: str, g: Any, shape: tuple[int, ...], dtype: Any = None) -> Array:
+    """A backward's incoming gradient: an array of the forward output's shape, returned in
+    the output's dtype.
+
+    A wrong shape is refused (NumPy would broadcast it silently). A gradient of another dtype
+    is cast to the output's, as torch's ``backward`` casts the gradient it is given: a
+    float64 ``dy`` (or a Python-default ``ones``) for a float32 forward gives float32
+    gradients, not float64 ones.
+    """
+    if not (hasattr(g, "shape") and hasattr(g, "dtype")):
+        raise TypeError(f"{op}: argument '{name}' expected an array, got {type(g).__name__}")
+    if tuple(g.shape) != tuple(shape):
+        raise shape_error(
+            op, name, f"shape {tuple(shape)} (the forward output's)", f"shape {tuple(g.shape)}"
+        )
+    if dtype is not None and g.dtype != dtype:
+        g = get_namespace(g).astype(g, dtype)
+    return g
+
+
+def cotangent_namespace(
+    op: str, g: Any, ref: Array, shape: tuple[int, ...], dtype: Any, name: str = "dy"
+) -> tuple[ModuleType, Array]:
+    """The namespace of a backward's incoming gradient ``g`` and its cache array ``ref``,
+    and ``g`` after :func:`check_cotangent`."""
+    xp = get_namespace(g, ref, op=op, names=(name, "cache"))
+    return xp, check_cotangent(op, name, g, shape, dtype)
 
 
 def check_ndim(op: str, name: str, x: Array, ndim: int | Sequence[int], layout: str = "") -> None:

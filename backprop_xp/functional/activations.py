@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import get_namespace
-from ._validation import check_floating
+from ._validation import check_floating, cotangent_namespace
 
 __all__ = [
     "elu",
@@ -58,6 +58,7 @@ def sigmoid(x: Array, /) -> tuple[Array, SigmoidCache]:
 
 def sigmoid_backward(dy: Array, cache: SigmoidCache, /) -> tuple[Array]:
     y = cache.y
+    _, dy = cotangent_namespace("sigmoid_backward", dy, y, y.shape, y.dtype)
     return (dy * y * (1 - y),)
 
 
@@ -74,11 +75,13 @@ def tanh(x: Array, /) -> tuple[Array, TanhCache]:
 
 def tanh_backward(dy: Array, cache: TanhCache, /) -> tuple[Array]:
     y = cache.y
+    _, dy = cotangent_namespace("tanh_backward", dy, y, y.shape, y.dtype)
     return (dy * (1 - y * y),)
 
 
 class ReluCache(NamedTuple):
     mask: Array  # not (x <= 0): as torch, NaN passes the gradient through
+    dtype: Any  # the output's
 
 
 def relu(x: Array, /) -> tuple[Array, ReluCache]:
@@ -86,28 +89,31 @@ def relu(x: Array, /) -> tuple[Array, ReluCache]:
     xp = _ns("relu", x)
     mask = ~(x <= 0)
     # where(), not maximum(): maximum(nan, 0) is 0 on some backends; NaN must propagate.
-    return xp.where(x < 0, xp.zeros_like(x), x), ReluCache(mask)
+    return xp.where(x < 0, xp.zeros_like(x), x), ReluCache(mask, x.dtype)
 
 
 def relu_backward(dy: Array, cache: ReluCache, /) -> tuple[Array]:
-    xp = get_namespace(dy, cache.mask, op="relu_backward", names=("dy", "mask"))
+    xp, dy = cotangent_namespace("relu_backward", dy, cache.mask, cache.mask.shape, cache.dtype)
     return (xp.where(cache.mask, dy, xp.zeros_like(dy)),)
 
 
 class LeakyReluCache(NamedTuple):
     mask: Array
     negative_slope: float
+    dtype: Any  # the output's
 
 
 def leaky_relu(x: Array, /, negative_slope: float = 0.01) -> tuple[Array, LeakyReluCache]:
     r""":math:`x` where :math:`x > 0`, else :math:`\alpha x`; backward :math:`g` or :math:`\alpha g`."""
     xp = _ns("leaky_relu", x)
     mask = x > 0
-    return xp.where(x < 0, negative_slope * x, x), LeakyReluCache(mask, negative_slope)
+    return xp.where(x < 0, negative_slope * x, x), LeakyReluCache(mask, negative_slope, x.dtype)
 
 
 def leaky_relu_backward(dy: Array, cache: LeakyReluCache, /) -> tuple[Array]:
-    xp = get_namespace(dy, cache.mask, op="leaky_relu_backward", names=("dy", "mask"))
+    xp, dy = cotangent_namespace(
+        "leaky_relu_backward", dy, cache.mask, cache.mask.shape, cache.dtype
+    )
     return (xp.where(cache.mask, dy, cache.negative_slope * dy),)
 
 
@@ -130,7 +136,7 @@ def elu(x: Array, /, alpha: float = 1.0) -> tuple[Array, EluCache]:
 
 def elu_backward(dy: Array, cache: EluCache, /) -> tuple[Array]:
     x, y, alpha = cache
-    xp = get_namespace(dy, x, op="elu_backward", names=("dy", "x"))
+    xp, dy = cotangent_namespace("elu_backward", dy, x, x.shape, x.dtype)
     return (xp.where(x <= 0, dy * (y + alpha), dy),)  # NaN takes the identity branch, as torch
 
 
@@ -156,6 +162,6 @@ def softplus(
 
 def softplus_backward(dy: Array, cache: SoftplusCache, /) -> tuple[Array]:
     x, beta, threshold = cache
-    xp = get_namespace(dy, x, op="softplus_backward", names=("dy", "x"))
+    xp, dy = cotangent_namespace("softplus_backward", dy, x, x.shape, x.dtype)
     bx = beta * x
     return (xp.where(bx > threshold, dy, dy * stable_sigmoid(xp, bx)),)

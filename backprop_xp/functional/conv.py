@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import array_api_extra as xpx
 
 from ..backend import device, get_namespace
-from ._validation import check_floating, shape_error
+from ._validation import check_cotangent, check_floating, shape_error
 from ._windows import Window, as_tuple, make_window, pad_spatial
 
 __all__ = [
@@ -186,8 +186,7 @@ def _conv_nd_backward(dy: Array, cache: ConvCache, op: str) -> tuple[Array, Arra
     nd = len(win.in_size)
     n = x.shape[0]
     c_out = weight.shape[0]
-    if tuple(dy.shape) != (n, c_out, *win.out_size):
-        raise shape_error(op, "dy", f"shape {(n, c_out, *win.out_size)}", tuple(dy.shape))
+    dy = check_cotangent(op, "dy", dy, (n, c_out, *win.out_size), x.dtype)
     transposed = _transposed_window(win)
     if transposed is None:
         dx, dW = _backward_im2col_x(xp, dy, x, weight, win, groups)

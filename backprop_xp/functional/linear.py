@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from ..backend import get_namespace
-from ._validation import check_floating, check_ndim, check_same_dtype, shape_error
+from ._validation import (
+    check_floating,
+    check_ndim,
+    check_same_dtype,
+    cotangent_namespace,
+    shape_error,
+)
 
 __all__ = ["linear", "linear_backward"]
 
@@ -59,9 +66,12 @@ def linear(x: Array, weight: Array, bias: Array | None = None) -> tuple[Array, L
 
 def linear_backward(dy: Array, cache: LinearCache, /) -> tuple[Array, Array, Array | None]:
     x, weight, has_bias = cache
-    xp = get_namespace(dy, x, op="linear_backward", names=("dy", "x"))
+    out_features, in_features = weight.shape
+    shape = (*x.shape[:-1], out_features)
+    xp, dy = cotangent_namespace("linear_backward", dy, x, shape, x.dtype)
     dx = xp.matmul(dy, weight)
-    dy2 = xp.reshape(dy, (-1, weight.shape[0]))
-    dweight = xp.matmul(dy2.T, xp.reshape(x, (-1, weight.shape[1])))
+    rows = math.prod(x.shape[:-1])  # not -1: reshape cannot infer it from an empty array
+    dy2 = xp.reshape(dy, (rows, out_features))
+    dweight = xp.matmul(dy2.T, xp.reshape(x, (rows, in_features)))
     dbias = xp.sum(dy2, axis=0) if has_bias else None
     return dx, dweight, dbias

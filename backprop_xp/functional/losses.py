@@ -20,6 +20,7 @@ from ._validation import (
     check_choice,
     check_floating,
     check_same_dtype,
+    cotangent_namespace,
     shape_error,
 )
 from .activations import stable_sigmoid, stable_softplus
@@ -278,7 +279,13 @@ def cross_entropy_backward(
     (e, s, z, target, weight, valid, w_y, denominator, reduction, eps, probabilities, unbatched) = (
         cache
     )
-    xp = get_namespace(dloss, e, op="cross_entropy_backward", names=("dloss", "cache"))
+    if reduction != "none" or unbatched:
+        loss_shape: tuple[int, ...] = ()
+    else:
+        loss_shape = (e.shape[0], *e.shape[2:])
+    xp, dloss = cotangent_namespace(
+        "cross_entropy_backward", dloss, e, loss_shape, e.dtype, "dloss"
+    )
     n_classes = e.shape[1]
     g = dloss
     if reduction == "none":
@@ -400,8 +407,13 @@ def binary_cross_entropy_with_logits_backward(
     dloss: Array, cache: BCEWithLogitsCache, /
 ) -> tuple[Array, Array, None, None]:
     x, t, weight, pos_weight, denominator, reduction = cache
-    xp = get_namespace(
-        dloss, x, op="binary_cross_entropy_with_logits_backward", names=("dloss", "input")
+    xp, dloss = cotangent_namespace(
+        "binary_cross_entropy_with_logits_backward",
+        dloss,
+        x,
+        tuple(x.shape) if reduction == "none" else (),
+        x.dtype,
+        "dloss",
     )
     scale = _scale(xp, dloss, reduction, denominator)
     sig = stable_sigmoid(xp, x)
@@ -440,6 +452,9 @@ def mse_loss(input: Array, target: Array, reduction: str = "mean") -> tuple[Arra
 
 def mse_loss_backward(dloss: Array, cache: MSELossCache, /) -> tuple[Array, Array]:
     diff, denominator, reduction = cache
-    xp = get_namespace(dloss, diff, op="mse_loss_backward", names=("dloss", "input"))
+    loss_shape = tuple(diff.shape) if reduction == "none" else ()
+    xp, dloss = cotangent_namespace(
+        "mse_loss_backward", dloss, diff, loss_shape, diff.dtype, "dloss"
+    )
     dx = 2 * _scale(xp, dloss, reduction, denominator) * diff
     return dx, -dx

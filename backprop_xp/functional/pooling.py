@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import array_api_extra as xpx
 
 from ..backend import device, get_namespace
-from ._validation import check_floating, shape_error
+from ._validation import check_cotangent, check_floating, shape_error
 from ._windows import Window, as_tuple, make_window, pad_spatial
 
 __all__ = [
@@ -97,6 +97,14 @@ def _batch(xp: ModuleType, dy: Array, unbatched: bool, nd: int, op: str) -> Arra
     return dy
 
 
+def _check_dy(
+    op: str, dy: Array, x_shape: tuple[int, ...], win: Window, unbatched: bool, dtype: Any
+) -> Array:
+    """``dy`` of the (batched) forward output's shape (without N for unbatched input)."""
+    shape = (*x_shape[:2], *win.out_size)
+    return check_cotangent(op, "dy", dy, shape[1:] if unbatched else shape, dtype)
+
+
 def _axis_index(win: Window, axis: int, offset: int) -> tuple[Any, ...]:
     """The elements at kernel ``offset`` along spatial ``axis`` of every window: a strided
     slice of that axis; the spatial axes after it are already pooled (kept whole)."""
@@ -130,6 +138,7 @@ class MaxPoolCache(NamedTuple):
     x_shape: tuple[int, ...]
     win: Window
     unbatched: bool
+    dtype: Any
 
 
 def _max_pool_nd(
@@ -181,17 +190,17 @@ def _max_pool_nd(
             argmax[axis] = idx
     if win.n_offsets == 1:
         y = xp.asarray(y, copy=True)  # a 1-element window: never hand back a view of x
-    return _unbatch(y, unbatched), MaxPoolCache(tuple(argmax), tuple(x.shape), win, unbatched)
+    return _unbatch(y, unbatched), MaxPoolCache(
+        tuple(argmax), tuple(x.shape), win, unbatched, x.dtype
+    )
 
 
 def _max_pool_nd_backward(dy: Array, cache: MaxPoolCache, op: str) -> tuple[Array]:
-    argmax, x_shape, win, unbatched = cache
+    argmax, x_shape, win, unbatched, dtype = cache
     nd = len(win.in_size)
+    dy = _check_dy(op, dy, x_shape, win, unbatched, dtype)
     xp = get_namespace(dy, op=op, names=("dy",))
     dy = _batch(xp, dy, unbatched, nd, op)
-    expected = (*x_shape[:2], *win.out_size)
-    if tuple(dy.shape) != expected:
-        raise shape_error(op, "dy", f"shape {expected}", tuple(dy.shape))
     # Undo the per-axis poolings in reverse order (first axis first): each routes its
     # gradient to the offset that won along its axis.
     g = dy
@@ -315,6 +324,7 @@ class AvgPoolCache(NamedTuple):
     x_shape: tuple[int, ...]
     win: Window
     unbatched: bool
+    dtype: Any
 
 
 def _inv_counts(
@@ -385,15 +395,14 @@ def _avg_pool_nd(
             total = total + v
     inv = _inv_counts(xp, win, pad, count_include_pad, x)
     y = total * inv  # a new array even for a 1-element window
-    return _unbatch(y, unbatched), AvgPoolCache(inv, tuple(x.shape), win, unbatched)
+    return _unbatch(y, unbatched), AvgPoolCache(inv, tuple(x.shape), win, unbatched, x.dtype)
 
 
 def _avg_pool_nd_backward(dy: Array, cache: AvgPoolCache, op: str) -> tuple[Array]:
-    inv, x_shape, win, unbatched = cache
+    inv, x_shape, win, unbatched, dtype = cache
+    dy = _check_dy(op, dy, x_shape, win, unbatched, dtype)
     xp = get_namespace(dy, op=op, names=("dy",))
     dy = _batch(xp, dy, unbatched, len(win.in_size), op)
-    if tuple(dy.shape) != (*x_shape[:2], *win.out_size):
-        raise shape_error(op, "dy", f"shape {(*x_shape[:2], *win.out_size)}", tuple(dy.shape))
     g = dy * inv
     for axis in range(len(win.in_size)):  # undo the per-axis sums, first axis first
         shape = list(g.shape)
@@ -507,6 +516,7 @@ for _nd, _sp, _out in (
 
 class GlobalAvgPoolCache(NamedTuple):
     x_shape: tuple[int, ...]
+    dtype: Any
 
 
 def global_avg_pool(x: Array, /) -> tuple[Array, GlobalAvgPoolCache]:
@@ -534,14 +544,13 @@ def global_avg_pool(x: Array, /) -> tuple[Array, GlobalAvgPoolCache]:
         raise shape_error(
             "global_avg_pool", "x", "an array (N, C, *S) with >= 3 axes", tuple(x.shape)
         )
-    return xp.mean(x, axis=tuple(range(2, x.ndim))), GlobalAvgPoolCache(tuple(x.shape))
+    return xp.mean(x, axis=tuple(range(2, x.ndim))), GlobalAvgPoolCache(tuple(x.shape), x.dtype)
 
 
 def global_avg_pool_backward(dy: Array, cache: GlobalAvgPoolCache, /) -> tuple[Array]:
-    xp = get_namespace(dy, op="global_avg_pool_backward", names=("dy",))
     shape = cache.x_shape
-    if tuple(dy.shape) != tuple(shape[:2]):
-        raise shape_error("global_avg_pool_backward", "dy", f"shape {shape[:2]}", tuple(dy.shape))
+    dy = check_cotangent("global_avg_pool_backward", "dy", dy, shape[:2], cache.dtype)
+    xp = get_namespace(dy, op="global_avg_pool_backward", names=("dy",))
     nd = len(shape) - 2
     share = xp.reshape(dy / math.prod(shape[2:]), (*shape[:2], *(1,) * nd))
     # one write of the input-sized result (zeros + share would write it twice)
@@ -556,6 +565,8 @@ def _flatten_axis(name: str, axis: int, ndim: int) -> int:
 
 class FlattenCache(NamedTuple):
     x_shape: tuple[int, ...]
+    y_shape: tuple[int, ...]
+    dtype: Any
 
 
 def flatten(x: Array, /, start_axis: int = 1, end_axis: int = -1) -> tuple[Array, FlattenCache]:
@@ -576,11 +587,13 @@ def flatten(x: Array, /, start_axis: int = 1, end_axis: int = -1) -> tuple[Array
         )
     shape = tuple(x.shape)
     if x.ndim == 0:
-        return xp.reshape(x, (1,)), FlattenCache(shape)
+        return xp.reshape(x, (1,)), FlattenCache(shape, (1,), x.dtype)
     merged = math.prod(shape[start : end + 1])
-    return xp.reshape(x, (*shape[:start], merged, *shape[end + 1 :])), FlattenCache(shape)
+    y_shape = (*shape[:start], merged, *shape[end + 1 :])
+    return xp.reshape(x, y_shape), FlattenCache(shape, y_shape, x.dtype)
 
 
 def flatten_backward(dy: Array, cache: FlattenCache, /) -> tuple[Array]:
+    dy = check_cotangent("flatten_backward", "dy", dy, cache.y_shape, cache.dtype)
     xp = get_namespace(dy, op="flatten_backward", names=("dy",))
     return (xp.reshape(dy, cache.x_shape),)

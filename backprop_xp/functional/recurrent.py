@@ -47,7 +47,14 @@ from array_api_extra import at
 
 from .._config import index_checks_enabled
 from ..backend import device, get_namespace
-from ._validation import check_choice, check_floating, check_integer, check_ndim, shape_error
+from ._validation import (
+    check_choice,
+    check_cotangent,
+    check_floating,
+    check_integer,
+    check_ndim,
+    shape_error,
+)
 
 __all__ = [
     "gru",
@@ -144,8 +151,14 @@ def _check_truncate(op: str, truncate: int | None, T: int) -> int:
 
 
 def _unpack_grads(
-    op: str, grad: Any, names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...]
+    op: str,
+    grad: Any,
+    names: tuple[str, ...],
+    shapes: tuple[tuple[int, ...], ...],
+    ref: Array,
 ) -> tuple[Array | None, ...]:
+    """The cotangents in ``grad``, checked: one per output (or None), each of its output's
+    shape, of the library and dtype of the cache's ``ref``."""
     n = len(names)
     if not isinstance(grad, (tuple, list)) or len(grad) != n:
         raise ValueError(
@@ -153,10 +166,11 @@ def _unpack_grads(
             f"None allowed), got {type(grad).__name__}"
             + (f" of length {len(grad)}" if isinstance(grad, (tuple, list)) else "")
         )
-    for name, g, shape in zip(names, grad, shapes, strict=True):
-        if g is not None and tuple(g.shape) != shape:
-            raise shape_error(op, name, f"shape {shape}", f"shape {tuple(g.shape)}")
-    return tuple(grad)
+    get_namespace(*grad, ref, op=op, names=(*names, "cache"))
+    return tuple(
+        None if g is None else check_cotangent(op, name, g, shape, ref.dtype)
+        for name, g, shape in zip(names, grad, shapes, strict=True)
+    )
 
 
 def _gate_vector(xp: ModuleType, values: tuple[float, ...], H: int, like: Array) -> Array:
@@ -368,7 +382,7 @@ def rnn_backward(
     X, Hs, w_ih, w_hh, mask, nonlinearity, has_b_ih, has_b_hh = cache
     T, N, H = (int(s) for s in Hs.shape)
     T -= 1
-    dout, dh_n = _unpack_grads(op, grad, ("d_output", "d_h_n"), ((T, N, H), (N, H)))
+    dout, dh_n = _unpack_grads(op, grad, ("d_output", "d_h_n"), ((T, N, H), (N, H)), Hs)
     xp = get_namespace(dout, dh_n, Hs, op=op, names=("d_output", "d_h_n", "cache"))
     dims = _Dims(T, N, int(X.shape[1]), H)
     k = _check_truncate(op, truncate, T)
@@ -546,7 +560,7 @@ def lstm_backward(
     T, N, H = (int(s) for s in Hs.shape)
     T -= 1
     names = ("d_output", "d_h_n", "d_c_n")
-    dout, dh_n, dc_n = _unpack_grads(op, grad, names, ((T, N, H), (N, H), (N, H)))
+    dout, dh_n, dc_n = _unpack_grads(op, grad, names, ((T, N, H), (N, H), (N, H)), Hs)
     xp = get_namespace(dout, dh_n, dc_n, Hs, op=op, names=(*names, "cache"))
     dims = _Dims(T, N, int(X.shape[1]), H)
     k = _check_truncate(op, truncate, T)
@@ -728,7 +742,7 @@ def gru_backward(
     X, Hs, RZ, HN, NS, w_ih, w_hh, mask, has_b_ih, has_b_hh = cache
     T, N, H = (int(s) for s in Hs.shape)
     T -= 1
-    dout, dh_n = _unpack_grads(op, grad, ("d_output", "d_h_n"), ((T, N, H), (N, H)))
+    dout, dh_n = _unpack_grads(op, grad, ("d_output", "d_h_n"), ((T, N, H), (N, H)), Hs)
     xp = get_namespace(dout, dh_n, Hs, op=op, names=("d_output", "d_h_n", "cache"))
     D = int(X.shape[1])
     k = _check_truncate(op, truncate, T)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import get_namespace
-from ._validation import check_floating, normalize_axis
+from ._validation import check_cotangent, check_floating, cotangent_namespace, normalize_axis
 
 __all__ = [
     "log_softmax",
@@ -55,7 +55,7 @@ def softmax(x: Array, /, axis: int = -1) -> tuple[Array, SoftmaxCache]:
 
 def softmax_backward(dy: Array, cache: SoftmaxCache, /) -> tuple[Array]:
     y, axis = cache
-    xp = get_namespace(dy, y, op="softmax_backward", names=("dy", "y"))
+    xp, dy = cotangent_namespace("softmax_backward", dy, y, y.shape, y.dtype)
     if y.ndim == 0:
         return (xp.zeros_like(y),)
     return (y * (dy - xp.sum(dy * y, axis=axis, keepdims=True)),)
@@ -89,14 +89,15 @@ def log_softmax(x: Array, /, axis: int = -1) -> tuple[Array, LogSoftmaxCache]:
 
 def log_softmax_backward(dy: Array, cache: LogSoftmaxCache, /) -> tuple[Array]:
     y, axis = cache
-    xp = get_namespace(dy, y, op="log_softmax_backward", names=("dy", "y"))
+    xp, dy = cotangent_namespace("log_softmax_backward", dy, y, y.shape, y.dtype)
     if y.ndim == 0:
         return (xp.zeros_like(y),)
     return (dy - xp.exp(y) * xp.sum(dy, axis=axis, keepdims=True),)
 
 
 class SigmoidAsSoftmaxCache(NamedTuple):
-    pass
+    shape: tuple[int, ...]  # of z
+    dtype: Any
 
 
 def sigmoid_as_softmax_logits(z: Array, /) -> tuple[Array, SigmoidAsSoftmaxCache]:
@@ -117,10 +118,15 @@ def sigmoid_as_softmax_logits(z: Array, /) -> tuple[Array, SigmoidAsSoftmaxCache
     """
     xp = get_namespace(z, op="sigmoid_as_softmax_logits", names=("z",))
     check_floating("sigmoid_as_softmax_logits", "z", z, xp)
-    return xp.stack([z, xp.zeros_like(z)], axis=-1), SigmoidAsSoftmaxCache()
+    logits = xp.stack([z, xp.zeros_like(z)], axis=-1)
+    return logits, SigmoidAsSoftmaxCache(tuple(z.shape), z.dtype)
 
 
 def sigmoid_as_softmax_logits_backward(
     dlogits: Array, cache: SigmoidAsSoftmaxCache, /
 ) -> tuple[Array]:
+    shape = (*cache.shape, 2)
+    op = "sigmoid_as_softmax_logits_backward"
+    get_namespace(dlogits, op=op, names=("dlogits",))
+    dlogits = check_cotangent(op, "dlogits", dlogits, shape, cache.dtype)
     return (dlogits[..., 0],)
