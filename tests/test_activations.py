@@ -94,3 +94,11 @@ def test_activation_extremes_finite_and_nan_propagates(xp, dtype, op, opts, ref,
 def test_activation_rejects_integers(xp, op, opts, ref, _):
     with pytest.raises(TypeError, match=rf"{op.__name__}: argument 'x' expected a real floating"):
         op(xp.asarray([1, 2]), **opts)
+
+
+def test_elu_gradient_keeps_precision_for_very_negative_inputs(xp, dtype):
+    """alpha·e^x, not y + alpha, which cancels (0 at x = -20 in float32; torch: 2.06e-9)."""
+    x = np.array([-17.0, -20.0, -60.0, -0.5])
+    _, cache = F.elu(xp.asarray(x, dtype=dtype), alpha=1.5)
+    (dx,) = F.elu_backward(xp.ones_like(xp.asarray(x, dtype=dtype)), cache)
+    np.testing.assert_allclose(to_np(dx), 1.5 * np.exp(x), rtol=1e-6)

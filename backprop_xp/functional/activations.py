@@ -119,25 +119,27 @@ def leaky_relu_backward(dy: Array, cache: LeakyReluCache, /) -> tuple[Array]:
 
 class EluCache(NamedTuple):
     x: Array
-    y: Array
     alpha: float
 
 
 def elu(x: Array, /, alpha: float = 1.0) -> tuple[Array, EluCache]:
     r""":math:`x` where :math:`x > 0`, else :math:`\alpha (e^{x} - 1)`.
 
-    Backward: :math:`g` where :math:`x > 0`, else :math:`g (y + \alpha)`.
+    Backward: :math:`g` where :math:`x > 0`, else :math:`g\,\alpha e^{x}` (from ``x``, not as
+    :math:`y + \alpha`, which cancels to nothing for very negative ``x``).
     """
     xp = _ns("elu", x)
-    y = xp.where(x > 0, x, alpha * xp.expm1(xp.minimum(x, xp.zeros_like(x))))
+    neg = xp.minimum(x, xp.zeros_like(x))
+    y = xp.where(x > 0, x, alpha * xp.expm1(neg))
     y = xp.where(xp.isnan(x), x, y)
-    return y, EluCache(x, y, alpha)
+    return y, EluCache(x, alpha)
 
 
 def elu_backward(dy: Array, cache: EluCache, /) -> tuple[Array]:
-    x, y, alpha = cache
+    x, alpha = cache
     xp, dy = cotangent_namespace("elu_backward", dy, x, x.shape, x.dtype)
-    return (xp.where(x <= 0, dy * (y + alpha), dy),)  # NaN takes the identity branch, as torch
+    slope = alpha * xp.exp(xp.minimum(x, xp.zeros_like(x)))
+    return (xp.where(x <= 0, dy * slope, dy),)  # NaN takes the identity branch, as torch
 
 
 class SoftplusCache(NamedTuple):
