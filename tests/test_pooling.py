@@ -295,6 +295,11 @@ def test_pooling_does_not_alias_input(xp, rng):
             {"kernel_size": 3, "padding": 2},
             r"max_pool2d: argument 'padding' expected at most half",
         ),
+        (  # torch's rule is on the kernel size, not the dilated extent (5 here)
+            F.max_pool2d,
+            {"kernel_size": 3, "padding": 2, "dilation": 2},
+            r"max_pool2d: argument 'padding' expected at most half the kernel size \(3, 3\)",
+        ),
         (
             F.max_pool2d,
             {"kernel_size": 6},

@@ -71,12 +71,10 @@ def _prepare(
     return xp, x, unbatched, kernel, stride, pad, dil
 
 
-def _check_half_kernel(op: str, pad: tuple[int, ...], extent: tuple[int, ...]) -> None:
-    # torch's rule: a window must never lie entirely in the padding
-    if any(2 * p > e for p, e in zip(pad, extent, strict=True)):
-        raise shape_error(
-            op, "padding", f"at most half the (effective) kernel size {extent}", f"{pad}"
-        )
+def _check_half_kernel(op: str, pad: tuple[int, ...], kernel: tuple[int, ...]) -> None:
+    # torch's rule, on the kernel size without dilation: padding <= kernel_size // 2
+    if any(p > k // 2 for p, k in zip(pad, kernel, strict=True)):
+        raise shape_error(op, "padding", f"at most half the kernel size {kernel}", f"{pad}")
 
 
 def _index_dtype(xp: ModuleType, n: int) -> Any:
@@ -154,7 +152,7 @@ def _max_pool_nd(
     xp, x, unbatched, kernel, stride, pad, dil = _prepare(
         op, nd, x, kernel_size, stride, padding, dilation
     )
-    _check_half_kernel(op, pad, tuple(d * (k - 1) + 1 for k, d in zip(kernel, dil, strict=True)))
+    _check_half_kernel(op, pad, kernel)
     win = make_window(
         op,
         tuple(x.shape[2:]),
@@ -249,7 +247,8 @@ _MAX_DOC = r"""{nd}-d max pooling, torch's ``max_pool{nd}d``.
     stride : int or tuple of {nd} ints, optional
         Default ``kernel_size``.
     padding : int or tuple of {nd} ints
-        At most half the effective kernel size (as torch).
+        At most half the kernel size (as torch; with dilation a window can still lie wholly
+        in the padding: its output is -inf and it passes no gradient).
     dilation : int or tuple of {nd} ints
     ceil_mode : bool
         Round the output size up (a last, partial window), as torch.
