@@ -121,22 +121,73 @@ def test_clip_grad_norm_nonfinite():
     assert optim.clip_grad_norm([nn.Parameter(np.zeros(2))], 1.0) == 0.0
 
 
+SCHEDULES = {
+    "step": (lambda o: optim.StepLR(o, 3, gamma=0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
+    "cosine": (lambda o: optim.CosineAnnealingLR(o, 7), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 7)),
+    "cosine_eta_min": (lambda o: optim.CosineAnnealingLR(o, 5, eta_min=0.01), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 5, 0.01)),
+    "cosine_T1": (lambda o: optim.CosineAnnealingLR(o, 1, eta_min=0.02), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 1, 0.02)),
+}  # fmt: skip
+
+
+def _compare_schedules(
+    names: list[str], lr: float = 0.2, lr_before: float | None = None, epochs: int = 25
+) -> None:
+    """Attach the schedules ``names`` in order to one optimizer of ours and one of torch's and
+    compare ``lr`` and each ``get_last_lr()`` every epoch (T_max < epochs, so the cosine's
+    restart branch runs)."""
+    opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=lr)
+    t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    if lr_before is not None:
+        opt.lr = t_opt.param_groups[0]["lr"] = lr_before
+    scheds = [SCHEDULES[n][0](opt) for n in names]
+    t_scheds = [SCHEDULES[n][1](t_opt) for n in names]
+    assert opt.initial_lr == t_opt.param_groups[0]["initial_lr"]
+    for epoch in range(epochs):
+        assert opt.lr == pytest.approx(t_opt.param_groups[0]["lr"], rel=1e-12, abs=1e-15), epoch
+        for s, t_s in zip(scheds, t_scheds, strict=True):
+            last = s.get_last_lr()
+            assert isinstance(last, list) and len(last) == 1
+            assert last[0] == pytest.approx(t_s.get_last_lr()[0], rel=1e-12, abs=1e-15), epoch
+        opt.step()
+        t_opt.step()
+        for s, t_s in zip(scheds, t_scheds, strict=True):
+            s.step()
+            t_s.step()
+    assert scheds[-1].get_last_lr() == [opt.lr]
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_lr_schedules_match_torch(name):
+    _compare_schedules([name])
+
+
 @pytest.mark.parametrize(
-    ("ours", "theirs"),
-    [
-        (lambda o: optim.StepLR(o, 3, gamma=0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
-        (lambda o: optim.CosineAnnealingLR(o, 7), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 7)),
-        (lambda o: optim.CosineAnnealingLR(o, 5, eta_min=0.01), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 5, 0.01)),
-    ],
-)  # fmt: skip
-def test_lr_schedules_match_torch(ours, theirs):
+    "names", [["step", "cosine"], ["cosine", "step"], ["cosine_eta_min", "step", "cosine"]]
+)
+def test_lr_schedules_compose_like_torch(names):
+    _compare_schedules(names)
+
+
+@pytest.mark.parametrize("names", [["step"], ["cosine_eta_min"], ["step", "cosine"]])
+def test_lr_changed_before_the_first_schedule_is_its_start(names):
+    """``initial_lr`` comes from ``opt.lr`` when the first schedule attaches, not from the
+    optimizer's constructor."""
+    _compare_schedules(names, lr=0.2, lr_before=0.05)
+
+
+def test_lr_changed_between_steps_carries_on_like_torch():
     opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=0.2)
     t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
-    sched, t_sched = ours(opt), theirs(t_opt)
-    for epoch in range(10):
-        assert opt.lr == pytest.approx(t_opt.param_groups[0]["lr"], rel=1e-12, abs=1e-15), epoch
+    sched = optim.StepLR(opt, 4, gamma=0.5)
+    t_sched = torch.optim.lr_scheduler.StepLR(t_opt, 4, 0.5)
+    assert sched.base_lr == 0.2 and opt.initial_lr == 0.2
+    for epoch in range(12):
+        if epoch == 6:
+            opt.lr = t_opt.param_groups[0]["lr"] = 0.3
         opt.step()
         t_opt.step()
         sched.step()
         t_sched.step()
-    assert sched.get_last_lr() == opt.lr
+        assert opt.lr == pytest.approx(t_opt.param_groups[0]["lr"], rel=1e-12), epoch
+    with pytest.raises(TypeError, match="StepLR: expected an Optimizer"):
+        optim.StepLR(t_opt, 3)

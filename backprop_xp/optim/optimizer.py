@@ -22,8 +22,9 @@ Array = Any
 class Optimizer:
     """Base class: ``params`` (a Module or Parameters), ``lr``, ``step()``, ``zero_grad()``.
 
-    ``lr`` is a plain attribute that learning-rate schedules rewrite; ``initial_lr`` keeps
-    the value given at construction. Parameters whose ``.grad`` is None are skipped.
+    ``lr`` is a plain attribute that learning-rate schedules rewrite. ``initial_lr`` is None
+    until the first schedule is attached, which sets it to ``lr`` at that moment (torch's
+    ``param_group["initial_lr"]``). Parameters whose ``.grad`` is None are skipped.
     """
 
     def __init__(self, params: Module | Iterable[Parameter], lr: float):
@@ -41,7 +42,7 @@ class Optimizer:
         if lr < 0:
             raise ValueError(f"{type(self).__name__}: invalid learning rate {lr}")
         self.lr = lr
-        self.initial_lr = lr
+        self.initial_lr: float | None = None
         self.state: dict[int, dict[str, Any]] = {}
 
     def zero_grad(self) -> None:
