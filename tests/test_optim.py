@@ -94,12 +94,16 @@ def test_optimizer_takes_a_module_and_zero_grads():
         optim.SGD(model, lr=0.1, nesterov=True)
 
 
-@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, math.inf])
+@pytest.mark.parametrize(
+    "norm_type", [2.0, 1.0, 3.0, 0.5, -1.0, 0, math.inf, -math.inf, "inf", "-inf", "2"]
+)
 @pytest.mark.parametrize("max_norm", [0.5, 100.0])
 def test_clip_grad_norm_matches_torch(xp, rng, norm_type, max_norm):
     ours, theirs = _params(xp, rng)
-    for p, tp in zip(ours, theirs, strict=True):
+    for i, (p, tp) in enumerate(zip(ours, theirs, strict=True)):
         g = rng.standard_normal(p.shape)
+        if i == 0:
+            g[0] = 0.0  # exact zeros: the count of order 0, the minimum of order -inf
         p.grad, tp.grad = xp.asarray(g), torch.tensor(g)
     ours[1].grad = None  # parameters without a gradient are skipped
     theirs[1].grad = None
@@ -111,6 +115,33 @@ def test_clip_grad_norm_matches_torch(xp, rng, norm_type, max_norm):
     for p, tp in zip(ours, theirs, strict=True):
         if p.grad is not None:
             np.testing.assert_allclose(to_np(p.grad), tp.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 0, -1.0, -math.inf, "inf"])
+def test_clip_grad_norm_of_one_parameter_matches_torch(xp, norm_type):
+    g = np.array([[0.0, 3.0], [-4.0, 0.5]])
+    p = nn.Parameter(xp.asarray(np.zeros((2, 2))))
+    tp = torch.zeros(2, 2, dtype=torch.float64, requires_grad=True)
+    p.grad, tp.grad = xp.asarray(g), torch.tensor(g)
+    total = optim.clip_grad_norm(p, 1.0, norm_type)
+    t_total = torch.nn.utils.clip_grad_norm_(tp, 1.0, norm_type, foreach=False)
+    np.testing.assert_allclose(float(total), float(t_total), rtol=1e-12)
+    np.testing.assert_allclose(to_np(p.grad), tp.grad.numpy(), rtol=1e-12)
+
+
+def test_clip_grad_norm_bad_norm_type_and_empty_gradients():
+    p = nn.Parameter(np.zeros(0))
+    p.grad = np.zeros(0)
+    with pytest.raises(ValueError, match="'norm_type' expected a number or 'inf', got 'max'"):
+        optim.clip_grad_norm(p, 1.0, "max")
+    with pytest.raises(ValueError, match="empty"):
+        optim.clip_grad_norm(p, 1.0, math.inf)
+    tp = torch.zeros(0, requires_grad=True)
+    tp.grad = torch.zeros(0)
+    with pytest.raises(RuntimeError, match="empty"):  # torch refuses these too
+        torch.nn.utils.clip_grad_norm_(tp, 1.0, math.inf, foreach=False)
+    for norm_type in (2.0, 0, 0.5):  # sums over nothing: 0, as torch
+        assert float(optim.clip_grad_norm(p, 1.0, norm_type)) == 0.0
 
 
 def test_clip_grad_norm_nonfinite():
