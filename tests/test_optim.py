@@ -94,6 +94,85 @@ def test_optimizer_takes_a_module_and_zero_grads():
         optim.SGD(model, lr=0.1, nesterov=True)
 
 
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw"),
+    [
+        ("SGD", {"lr": -0.1}),
+        ("SGD", {"lr": NAN}),  # torch lets NaN through its `< 0` checks
+        ("SGD", {"momentum": -0.5}),
+        ("SGD", {"momentum": NAN}),
+        ("SGD", {"weight_decay": -1e-4}),
+        ("SGD", {"dampening": -0.5}),  # not checked by torch
+        ("SGD", {"dampening": 2.0}),
+        ("SGD", {"momentum": 0.9, "dampening": 0.1, "nesterov": True}),
+        ("SGD", {"momentum": 0.0, "nesterov": True}),
+        *[
+            (cls, kw)
+            for cls in ("Adam", "AdamW")
+            for kw in (
+                {"lr": -1e-3},
+                {"lr": NAN},
+                {"eps": -1e-8},
+                {"eps": NAN},
+                {"eps": 0.0},
+                {"weight_decay": -0.01},
+                {"weight_decay": NAN},
+                {"betas": (1.0, 0.999)},
+                {"betas": (0.9, -0.1)},
+                {"betas": (0.0, 0.0)},
+            )
+        ],
+    ],
+    ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items()),
+)
+def test_optimizer_arguments_are_checked_like_torch(cls, kw):
+    try:
+        getattr(torch.optim, cls)([torch.zeros(1, requires_grad=True)], **kw)
+    except ValueError:
+        torch_refuses = True
+    else:
+        torch_refuses = False
+    make = lambda: getattr(optim, cls)([nn.Parameter(np.zeros(1))], **kw)  # noqa: E731
+    if not torch_refuses:
+        make()
+        return
+    arg = next(iter(kw)) if "nesterov" not in kw else "nesterov"
+    with pytest.raises(ValueError, match=rf"^{cls}: ") as info:
+        make()
+    message = str(info.value)
+    assert arg.split("[")[0] in message, message
+    if arg != "nesterov":  # the message says what was expected and what came
+        assert "expected" in message and "got" in message, message
+
+
+@pytest.mark.parametrize("cls", ["SGD", "Adam", "AdamW"])
+def test_step_refuses_a_gradient_that_does_not_match_its_parameter(xp, cls):
+    ps = [nn.Parameter(xp.asarray(np.zeros((3, 4)))), nn.Parameter(xp.asarray(np.zeros(4)))]
+    opt = getattr(optim, cls)(ps, lr=0.1)
+    ps[0].grad = xp.asarray(np.ones((3, 4)))
+    bad = {
+        "shape": (xp.asarray(np.ones((3, 4))), ValueError, r"parameter 1 has a gradient of shape \(3, 4\) but its data has shape \(4,\)"),
+        "dtype": (xp.asarray(np.ones(4), dtype=xp.float32), TypeError, "parameter 1 has a gradient of dtype .*float32.* but its data has dtype .*float64"),
+        "library": (torch.ones(4, dtype=torch.float64) if xp.backend_name != "torch" else np.ones(4), TypeError, r"arrays from different libraries: 'parameter 1 \(data\)' is a .* array but 'parameter 1 \(grad\)' is a"),
+        "scalar": (1.0, TypeError, "parameter 1 has a .grad of type float, not an array"),
+    }  # fmt: skip
+    for grad, error, message in bad.values():
+        ps[1].grad = grad
+        with pytest.raises(error, match=f"^{cls}.step: {message}"):
+            opt.step()
+        # checked before any update: parameter 0 did not move
+        np.testing.assert_array_equal(to_np(ps[0].data), np.zeros((3, 4)))
+    # torch refuses such gradients too
+    t = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError):
+        t.grad = torch.ones(3, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError):
+        t.grad = torch.ones(4, dtype=torch.float32)
+
+
 @pytest.mark.parametrize(
     "norm_type", [2.0, 1.0, 3.0, 0.5, -1.0, 0, math.inf, -math.inf, "inf", "-inf", "2"]
 )
