@@ -120,6 +120,13 @@ def save(
     name in the same folder and renamed, so an interrupted save never leaves a torn file.
     bfloat16 arrays (torch's) are written as BF16, bit for bit.
 
+    Raises
+    ------
+    TypeError
+        A tensor's dtype has no safetensors code here (complex, float8, ...), or bad metadata.
+    FileNotFoundError
+        The folder of ``path`` does not exist (the error names ``path``); other ``OSError``
+        from writing also name ``path``, not the temporary file.
     """
     from safetensors.numpy import save as st_save
 
@@ -134,7 +141,13 @@ def save(
             host = bits
             bf16.add(name)
         else:
-            host = np.asarray(to_numpy(a))
+            try:
+                host = np.asarray(to_numpy(a))
+            except TypeError as e:  # torch's float8 and other dtypes NumPy lacks
+                raise TypeError(
+                    f"save: tensor {name!r} has unsupported dtype {getattr(a, 'dtype', '?')} "
+                    f"(no NumPy equivalent: {e}); cast it to float32 first"
+                ) from e
         if not host.flags.c_contiguous:  # (not ascontiguousarray: it makes 0-d arrays 1-d)
             host = host.copy(order="C")
         if host.dtype.newbyteorder("=") not in _CODES:
@@ -155,14 +168,20 @@ def save(
         data = _relabel_bf16(data, bf16)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    except OSError as e:  # name the user's path, not the temporary file's
+        why = e.strerror if os.path.isdir(folder) else "the folder does not exist"
+        raise type(e)(e.errno, f"save: cannot create a file in {folder!r} ({why})", path) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise type(e)(e.errno, f"save: cannot write {path!r} ({e.strerror})", path) from e
         raise
 
 

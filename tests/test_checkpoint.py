@@ -287,3 +287,19 @@ def test_bf16_save_round_trip_is_bit_exact(tmp_path, rng):
     again = backprop_xp.load(tmp_path / "again.safetensors", backend="torch")
     assert again["w"].dtype == torch.float32
     assert again["w"].numpy().tobytes() == w.float().numpy().tobytes()
+
+
+def test_save_names_the_key_of_a_dtype_numpy_lacks(tmp_path):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"save: tensor 'q' has unsupported dtype .*float8"):
+        backprop_xp.save(tmp_path / "q", {"q": torch.zeros(2, dtype=torch.float8_e4m3fn)})
+    assert not list(tmp_path.iterdir())
+
+
+def test_save_into_a_missing_folder_names_the_path(tmp_path):
+    path = tmp_path / "no" / "such" / "m.safetensors"
+    with pytest.raises(FileNotFoundError, match="does not exist") as info:
+        backprop_xp.save(path, _model())
+    assert info.value.filename == str(path)
+    assert str(path) in str(info.value) and ".tmp-" not in str(info.value)
+    assert not (tmp_path / "no").exists()
