@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     "BackendUnavailableError",
     "available_backends",
+    "bfloat16_from_bits",
     "default_device",
     "device",
     "get_namespace",
@@ -240,6 +241,21 @@ def to_namespace(x: Array, xp: ModuleType | str, device: Any = None) -> Array:
     if device is None:
         return xp.asarray(host)
     return xp.asarray(host, device=device)
+
+
+def bfloat16_from_bits(bits: np.ndarray, xp: ModuleType, device: Any = None) -> Array | None:
+    """The bfloat16 array of namespace ``xp`` whose bit patterns are ``bits`` (a host uint16
+    array), bit for bit, NaN payloads included; None where backprop_xp cannot build one (every
+    library but torch: NumPy has no bfloat16, and the Array API has no bit cast).
+    """
+    if _library_of_namespace(xp) != "torch":
+        return None
+    import torch
+
+    # a private copy: from_numpy shares memory, and the caller keeps ``bits``
+    own = np.array(bits, dtype=np.uint16, order="C")
+    t = torch.from_numpy(own.view(np.int16)).view(torch.bfloat16)
+    return t if device is None else t.to(device)
 
 
 def _library_of_namespace(xp: ModuleType) -> str:

@@ -4,6 +4,14 @@ Loading runs no code (no pickle anywhere): the file is read as bytes, its header
 field by field before any tensor is built, and every problem is a :class:`CheckpointError`
 naming the file. Save → load is bit-exact.
 
+bfloat16 (``BF16``, the upper 16 bits of a float32). NumPy has no bfloat16, so ``load``
+widens BF16 tensors exactly to float32 (the bits shifted left by 16, read as float32);
+with ``backend="torch"`` they load as ``torch.bfloat16``, bit for bit
+(:func:`backprop_xp.backend.bfloat16_from_bits`). ``save`` writes an array of a library's
+``bfloat16`` dtype (torch's) as BF16: cast to float32 on its own device (exact), copied to
+the host, the upper 16 bits kept; ``load(..., backend="torch")`` then gives it back bit for
+bit. A float32 array (a BF16 tensor loaded into NumPy, say) is saved as F32.
+
 Layout (https://github.com/huggingface/safetensors)::
 
     8 bytes   N, the header length (unsigned little-endian 64-bit)
@@ -25,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import namespace, to_namespace, to_numpy
+from .backend import bfloat16_from_bits, get_namespace, namespace, to_namespace, to_numpy
 
 __all__ = ["CheckpointError", "load", "read_metadata", "save"]
 
@@ -47,8 +55,9 @@ _DTYPES: dict[str, np.dtype] = {
     "U16": np.dtype("<u2"),
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
+    "BF16": np.dtype("<u2"),  # bytes read as uint16: the bit patterns (see the module doc)
 }
-_CODES = {dt.newbyteorder("="): code for code, dt in _DTYPES.items()}
+_CODES = {dt.newbyteorder("="): code for code, dt in _DTYPES.items() if code != "BF16"}
 
 
 class CheckpointError(ValueError):
@@ -70,6 +79,35 @@ def _state_dict(model_or_state_dict: Any) -> Mapping[str, Array]:
     )
 
 
+def _bfloat16_bits(a: Any) -> np.ndarray | None:
+    """The bit patterns (host uint16) of an array of a library's bfloat16 dtype; None for
+    anything else."""
+    if isinstance(a, np.ndarray) or getattr(a, "dtype", None) is None:
+        return None
+    try:
+        xp = get_namespace(a)
+    except (TypeError, ValueError):
+        return None
+    bf16 = getattr(xp, "bfloat16", None)
+    if bf16 is None or a.dtype != bf16:
+        return None
+    # bfloat16 -> float32 is exact (the 16 bits become the upper half, NaN payloads too)
+    wide = np.asarray(to_numpy(xp.astype(a, xp.float32)))
+    return np.asarray((wide.view(np.uint32) >> 16).astype(np.uint16))  # 0-d stays an array
+
+
+def _relabel_bf16(data: bytes, names: set[str]) -> bytes:
+    """safetensors bytes with the uint16 tensors ``names`` marked BF16: the same bytes
+    otherwise, the header re-padded to a multiple of 8 (the layout safetensors.torch writes)."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    for name in names:
+        header[name]["dtype"] = "BF16"
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]
+
+
 def save(
     path: str | os.PathLike[str],
     model_or_state_dict: Any,
@@ -80,15 +118,36 @@ def save(
     Arrays are copied to the host once. ``metadata`` is a small mapping of strings stored in
     the header (read it back with :func:`read_metadata`). The file is written to a temporary
     name in the same folder and renamed, so an interrupted save never leaves a torn file.
+    bfloat16 arrays (torch's) are written as BF16, bit for bit.
+
+    Raises
+    ------
+    TypeError
+        A tensor's dtype has no safetensors code here (complex, float8, ...), or bad metadata.
+    FileNotFoundError
+        The folder of ``path`` does not exist (the error names ``path``); other ``OSError``
+        from writing also name ``path``, not the temporary file.
     """
     from safetensors.numpy import save as st_save
 
     state = _state_dict(model_or_state_dict)
     tensors: dict[str, np.ndarray] = {}
+    bf16: set[str] = set()
     for name, a in state.items():
         if not isinstance(name, str) or not name or name == "__metadata__":
             raise ValueError(f"save: invalid tensor name {name!r}")
-        host = np.asarray(to_numpy(a))
+        bits = _bfloat16_bits(a)
+        if bits is not None:
+            host = bits
+            bf16.add(name)
+        else:
+            try:
+                host = np.asarray(to_numpy(a))
+            except TypeError as e:  # torch's float8 and other dtypes NumPy lacks
+                raise TypeError(
+                    f"save: tensor {name!r} has unsupported dtype {getattr(a, 'dtype', '?')} "
+                    f"(no NumPy equivalent: {e}); cast it to float32 first"
+                ) from e
         if not host.flags.c_contiguous:  # (not ascontiguousarray: it makes 0-d arrays 1-d)
             host = host.copy(order="C")
         if host.dtype.newbyteorder("=") not in _CODES:
@@ -105,16 +164,24 @@ def save(
                 )
             meta[k] = v
     data = st_save(tensors, metadata=meta)
+    if bf16:
+        data = _relabel_bf16(data, bf16)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    except OSError as e:  # name the user's path, not the temporary file's
+        why = e.strerror if os.path.isdir(folder) else "the folder does not exist"
+        raise type(e)(e.errno, f"save: cannot create a file in {folder!r} ({why})", path) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise type(e)(e.errno, f"save: cannot write {path!r} ({e.strerror})", path) from e
         raise
 
 
@@ -221,7 +288,9 @@ def load(
     """Read a safetensors checkpoint: name → array, in the file's order.
 
     NumPy arrays by default; with ``backend`` (a name or namespace) and ``device`` the arrays
-    are moved there. Pass the result to ``model.load_state_dict``.
+    are moved there. Pass the result to ``model.load_state_dict``. BF16 tensors load as
+    float32 (exactly widened), except with ``backend="torch"``: ``torch.bfloat16``, bit for
+    bit.
 
     Raises
     ------
@@ -231,6 +300,11 @@ def load(
         not match the shape.
     """
     header, data = _read(path)
+    xp = None
+    if backend is not None or device is not None:
+        xp = namespace(backend) if isinstance(backend, str) else backend
+        if xp is None:
+            xp = namespace("numpy")
     out: dict[str, Array] = {}
     names = [k for k in header if k != "__metadata__"]
     for name in names:
@@ -239,10 +313,13 @@ def load(
         dt = _DTYPES[info["dtype"]]
         host = np.frombuffer(data[begin:end], dtype=dt).reshape(tuple(info["shape"]))
         host = host.astype(dt.newbyteorder("="), copy=True)  # own, writable, native order
-        out[name] = host
-    if backend is not None or device is not None:
-        xp = namespace(backend) if isinstance(backend, str) else backend
-        if xp is None:
-            xp = namespace("numpy")
-        out = {k: to_namespace(v, xp, device) for k, v in out.items()}
+        if info["dtype"] == "BF16":
+            native = bfloat16_from_bits(host, xp, device) if xp is not None else None
+            if native is not None:
+                out[name] = native
+                continue
+            wide = host.astype(np.uint32)
+            wide <<= 16  # in place: a 0-d array stays an array
+            host = wide.view(np.float32)
+        out[name] = host if xp is None else to_namespace(host, xp, device)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from helpers import to_np
 
 import backprop_xp
 from backprop_xp import nn
-from backprop_xp.backend import library_name
+from backprop_xp.backend import library_name, namespace
 from backprop_xp.checkpoint import CheckpointError, read_metadata
 
 
@@ -178,3 +179,127 @@ def test_torch_interop(tmp_path, rng):
         np.testing.assert_allclose(
             t_model(torch.from_numpy(x)).numpy(), ours2(x)[0], rtol=1e-5, atol=1e-6
         )
+
+
+# bfloat16 bit patterns: 1.5, -2, inf, -inf, the smallest subnormal, -0, 0, NaNs with
+# payloads and sign (a float32 round trip would canonicalize these), the largest finite
+BF16_SPECIAL = np.array(
+    [0x3FC0, 0xC000, 0x7F80, 0xFF80, 0x0001, 0x8000, 0x0000, 0x7FC1, 0xFFA3, 0x7F7F],
+    dtype=np.uint16,
+)
+
+
+def _widened(bits: np.ndarray) -> np.ndarray:
+    """The float32 whose upper half is ``bits`` (the exact value of each bfloat16)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def test_bf16_file_loads_widened_to_float32(tmp_path, rng):
+    """A hand-written BF16 file (no torch needed): NumPy gets float32, exactly widened."""
+    bits = np.concatenate([BF16_SPECIAL, rng.integers(0, 2**16, 22, dtype=np.uint16)])
+    header = {
+        "w": {"dtype": "BF16", "shape": [4, 8], "data_offsets": [0, 64]},
+        "s": {"dtype": "BF16", "shape": [], "data_offsets": [64, 66]},
+        "e": {"dtype": "BF16", "shape": [0, 2], "data_offsets": [66, 66]},
+    }
+    path = tmp_path / "bf16.safetensors"
+    path.write_bytes(_file(header, bits.astype("<u2").tobytes() + b"\x40\x40"))
+    for state in (backprop_xp.load(path), backprop_xp.load(path, backend="numpy")):
+        assert state["w"].dtype == np.float32 and state["w"].shape == (4, 8)
+        assert state["w"].tobytes() == _widened(bits).tobytes()
+        assert isinstance(state["s"], np.ndarray) and state["s"].shape == ()
+        assert state["s"] == np.float32(3.0) and state["e"].shape == (0, 2)
+    strict = backprop_xp.load(path, backend="array_api_strict")
+    assert strict["w"].dtype == namespace("array_api_strict").float32
+    # a truncated BF16 tensor is caught like any other
+    path.write_bytes(
+        _file({"w": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 4]}}, bytes(4))
+    )
+    with pytest.raises(CheckpointError, match="need 6"):
+        backprop_xp.load(path)
+
+
+def _torch_bf16(bits: np.ndarray) -> Any:
+    torch = pytest.importorskip("torch")
+    return torch.from_numpy(bits.astype(np.int16)).view(torch.bfloat16)
+
+
+def _bits(t: Any) -> np.ndarray:
+    import torch
+
+    return t.contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
+def test_bf16_file_written_by_torch(tmp_path, rng):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    bits = np.concatenate([BF16_SPECIAL, rng.integers(0, 2**16, 50, dtype=np.uint16)])
+    state = {
+        "w": _torch_bf16(bits).reshape(6, 10),
+        "s": _torch_bf16(BF16_SPECIAL[:1]).reshape(()),
+        "f": torch.arange(3, dtype=torch.float32),
+    }
+    path = tmp_path / "t.safetensors"
+    save_file(state, str(path))
+    ours = backprop_xp.load(path)
+    assert ours["w"].dtype == np.float32 and ours["w"].shape == (6, 10)
+    assert ours["w"].tobytes() == state["w"].float().numpy().tobytes()  # torch widens the same
+    assert ours["s"].shape == () and ours["s"] == 1.5
+    on_torch = backprop_xp.load(path, backend="torch", device="cpu")
+    assert on_torch["w"].dtype == torch.bfloat16 and on_torch["s"].dtype == torch.bfloat16
+    assert on_torch["f"].dtype == torch.float32
+    for k in ("w", "s"):
+        assert on_torch[k].shape == state[k].shape
+        np.testing.assert_array_equal(_bits(on_torch[k]), _bits(state[k]))  # NaN payloads too
+
+
+def test_bf16_save_round_trip_is_bit_exact(tmp_path, rng):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+    from safetensors.torch import save as torch_save
+
+    bits = np.concatenate([BF16_SPECIAL, rng.integers(0, 2**16, 14, dtype=np.uint16)])
+    w = _torch_bf16(bits).reshape(4, 6)
+    state = {
+        "w": w,
+        "wt": w.t(),  # not contiguous
+        "p": torch.nn.Parameter(w[0].clone()),  # records autograd history
+        "s": w[0, 0],
+        "f32": torch.linspace(0, 1, 5),
+    }
+    path = tmp_path / "b.safetensors"
+    backprop_xp.save(path, state, metadata={"k": "v"})
+    for loaded in (load_file(str(path)), backprop_xp.load(path, backend="torch")):
+        assert set(loaded) == set(state)
+        for k, v in state.items():
+            assert loaded[k].dtype == v.dtype and loaded[k].shape == v.shape, k
+            if v.dtype == torch.bfloat16:
+                np.testing.assert_array_equal(_bits(loaded[k]), _bits(v.detach()), err_msg=k)
+            else:
+                np.testing.assert_array_equal(loaded[k].numpy(), v.numpy(), err_msg=k)
+    assert read_metadata(path) == {"k": "v"}
+    # the very bytes safetensors.torch writes for the same tensors
+    contiguous = {k: v.detach().contiguous().clone() for k, v in state.items()}  # (no views)
+    assert path.read_bytes() == torch_save(contiguous, metadata={"k": "v"})
+    # loaded into NumPy (float32) and saved again, a BF16 tensor becomes F32, same values
+    backprop_xp.save(tmp_path / "again.safetensors", backprop_xp.load(path))
+    again = backprop_xp.load(tmp_path / "again.safetensors", backend="torch")
+    assert again["w"].dtype == torch.float32
+    assert again["w"].numpy().tobytes() == w.float().numpy().tobytes()
+
+
+def test_save_names_the_key_of_a_dtype_numpy_lacks(tmp_path):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"save: tensor 'q' has unsupported dtype .*float8"):
+        backprop_xp.save(tmp_path / "q", {"q": torch.zeros(2, dtype=torch.float8_e4m3fn)})
+    assert not list(tmp_path.iterdir())
+
+
+def test_save_into_a_missing_folder_names_the_path(tmp_path):
+    path = tmp_path / "no" / "such" / "m.safetensors"
+    with pytest.raises(FileNotFoundError, match="does not exist") as info:
+        backprop_xp.save(path, _model())
+    assert info.value.filename == str(path)
+    assert str(path) in str(info.value) and ".tmp-" not in str(info.value)
+    assert not (tmp_path / "no").exists()

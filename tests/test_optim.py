@@ -94,12 +94,95 @@ def test_optimizer_takes_a_module_and_zero_grads():
         optim.SGD(model, lr=0.1, nesterov=True)
 
 
-@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, math.inf])
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw"),
+    [
+        ("SGD", {"lr": -0.1}),
+        ("SGD", {"lr": NAN}),  # torch lets NaN through its `< 0` checks
+        ("SGD", {"momentum": -0.5}),
+        ("SGD", {"momentum": NAN}),
+        ("SGD", {"weight_decay": -1e-4}),
+        ("SGD", {"dampening": -0.5}),  # not checked by torch
+        ("SGD", {"dampening": 2.0}),
+        ("SGD", {"momentum": 0.9, "dampening": 0.1, "nesterov": True}),
+        ("SGD", {"momentum": 0.0, "nesterov": True}),
+        *[
+            (cls, kw)
+            for cls in ("Adam", "AdamW")
+            for kw in (
+                {"lr": -1e-3},
+                {"lr": NAN},
+                {"eps": -1e-8},
+                {"eps": NAN},
+                {"eps": 0.0},
+                {"weight_decay": -0.01},
+                {"weight_decay": NAN},
+                {"betas": (1.0, 0.999)},
+                {"betas": (0.9, -0.1)},
+                {"betas": (0.0, 0.0)},
+            )
+        ],
+    ],
+    ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items()),
+)
+def test_optimizer_arguments_are_checked_like_torch(cls, kw):
+    try:
+        getattr(torch.optim, cls)([torch.zeros(1, requires_grad=True)], **kw)
+    except ValueError:
+        torch_refuses = True
+    else:
+        torch_refuses = False
+    make = lambda: getattr(optim, cls)([nn.Parameter(np.zeros(1))], **kw)  # noqa: E731
+    if not torch_refuses:
+        make()
+        return
+    arg = next(iter(kw)) if "nesterov" not in kw else "nesterov"
+    with pytest.raises(ValueError, match=rf"^{cls}: ") as info:
+        make()
+    message = str(info.value)
+    assert arg.split("[")[0] in message, message
+    if arg != "nesterov":  # the message says what was expected and what came
+        assert "expected" in message and "got" in message, message
+
+
+@pytest.mark.parametrize("cls", ["SGD", "Adam", "AdamW"])
+def test_step_refuses_a_gradient_that_does_not_match_its_parameter(xp, cls):
+    ps = [nn.Parameter(xp.asarray(np.zeros((3, 4)))), nn.Parameter(xp.asarray(np.zeros(4)))]
+    opt = getattr(optim, cls)(ps, lr=0.1)
+    ps[0].grad = xp.asarray(np.ones((3, 4)))
+    bad = {
+        "shape": (xp.asarray(np.ones((3, 4))), ValueError, r"parameter 1 has a gradient of shape \(3, 4\) but its data has shape \(4,\)"),
+        "dtype": (xp.asarray(np.ones(4), dtype=xp.float32), TypeError, "parameter 1 has a gradient of dtype .*float32.* but its data has dtype .*float64"),
+        "library": (torch.ones(4, dtype=torch.float64) if xp.backend_name != "torch" else np.ones(4), TypeError, r"arrays from different libraries: 'parameter 1 \(data\)' is a .* array but 'parameter 1 \(grad\)' is a"),
+        "scalar": (1.0, TypeError, "parameter 1 has a .grad of type float, not an array"),
+    }  # fmt: skip
+    for grad, error, message in bad.values():
+        ps[1].grad = grad
+        with pytest.raises(error, match=f"^{cls}.step: {message}"):
+            opt.step()
+        # checked before any update: parameter 0 did not move
+        np.testing.assert_array_equal(to_np(ps[0].data), np.zeros((3, 4)))
+    # torch refuses such gradients too
+    t = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError):
+        t.grad = torch.ones(3, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError):
+        t.grad = torch.ones(4, dtype=torch.float32)
+
+
+@pytest.mark.parametrize(
+    "norm_type", [2.0, 1.0, 3.0, 0.5, -1.0, 0, math.inf, -math.inf, "inf", "-inf", "2"]
+)
 @pytest.mark.parametrize("max_norm", [0.5, 100.0])
 def test_clip_grad_norm_matches_torch(xp, rng, norm_type, max_norm):
     ours, theirs = _params(xp, rng)
-    for p, tp in zip(ours, theirs, strict=True):
+    for i, (p, tp) in enumerate(zip(ours, theirs, strict=True)):
         g = rng.standard_normal(p.shape)
+        if i == 0:
+            g[0] = 0.0  # exact zeros: the count of order 0, the minimum of order -inf
         p.grad, tp.grad = xp.asarray(g), torch.tensor(g)
     ours[1].grad = None  # parameters without a gradient are skipped
     theirs[1].grad = None
@@ -113,6 +196,33 @@ def test_clip_grad_norm_matches_torch(xp, rng, norm_type, max_norm):
             np.testing.assert_allclose(to_np(p.grad), tp.grad.numpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("norm_type", [2.0, 0, -1.0, -math.inf, "inf"])
+def test_clip_grad_norm_of_one_parameter_matches_torch(xp, norm_type):
+    g = np.array([[0.0, 3.0], [-4.0, 0.5]])
+    p = nn.Parameter(xp.asarray(np.zeros((2, 2))))
+    tp = torch.zeros(2, 2, dtype=torch.float64, requires_grad=True)
+    p.grad, tp.grad = xp.asarray(g), torch.tensor(g)
+    total = optim.clip_grad_norm(p, 1.0, norm_type)
+    t_total = torch.nn.utils.clip_grad_norm_(tp, 1.0, norm_type, foreach=False)
+    np.testing.assert_allclose(float(total), float(t_total), rtol=1e-12)
+    np.testing.assert_allclose(to_np(p.grad), tp.grad.numpy(), rtol=1e-12)
+
+
+def test_clip_grad_norm_bad_norm_type_and_empty_gradients():
+    p = nn.Parameter(np.zeros(0))
+    p.grad = np.zeros(0)
+    with pytest.raises(ValueError, match="'norm_type' expected a number or 'inf', got 'max'"):
+        optim.clip_grad_norm(p, 1.0, "max")
+    with pytest.raises(ValueError, match="empty"):
+        optim.clip_grad_norm(p, 1.0, math.inf)
+    tp = torch.zeros(0, requires_grad=True)
+    tp.grad = torch.zeros(0)
+    with pytest.raises(RuntimeError, match="empty"):  # torch refuses these too
+        torch.nn.utils.clip_grad_norm_(tp, 1.0, math.inf, foreach=False)
+    for norm_type in (2.0, 0, 0.5):  # sums over nothing: 0, as torch
+        assert float(optim.clip_grad_norm(p, 1.0, norm_type)) == 0.0
+
+
 def test_clip_grad_norm_nonfinite():
     p = nn.Parameter(np.zeros(2))
     p.grad = np.array([np.inf, 1.0])
@@ -121,22 +231,73 @@ def test_clip_grad_norm_nonfinite():
     assert optim.clip_grad_norm([nn.Parameter(np.zeros(2))], 1.0) == 0.0
 
 
+SCHEDULES = {
+    "step": (lambda o: optim.StepLR(o, 3, gamma=0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
+    "cosine": (lambda o: optim.CosineAnnealingLR(o, 7), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 7)),
+    "cosine_eta_min": (lambda o: optim.CosineAnnealingLR(o, 5, eta_min=0.01), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 5, 0.01)),
+    "cosine_T1": (lambda o: optim.CosineAnnealingLR(o, 1, eta_min=0.02), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 1, 0.02)),
+}  # fmt: skip
+
+
+def _compare_schedules(
+    names: list[str], lr: float = 0.2, lr_before: float | None = None, epochs: int = 25
+) -> None:
+    """Attach the schedules ``names`` in order to one optimizer of ours and one of torch's and
+    compare ``lr`` and each ``get_last_lr()`` every epoch (T_max < epochs, so the cosine's
+    restart branch runs)."""
+    opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=lr)
+    t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    if lr_before is not None:
+        opt.lr = t_opt.param_groups[0]["lr"] = lr_before
+    scheds = [SCHEDULES[n][0](opt) for n in names]
+    t_scheds = [SCHEDULES[n][1](t_opt) for n in names]
+    assert opt.initial_lr == t_opt.param_groups[0]["initial_lr"]
+    for epoch in range(epochs):
+        assert opt.lr == pytest.approx(t_opt.param_groups[0]["lr"], rel=1e-12, abs=1e-15), epoch
+        for s, t_s in zip(scheds, t_scheds, strict=True):
+            last = s.get_last_lr()
+            assert isinstance(last, list) and len(last) == 1
+            assert last[0] == pytest.approx(t_s.get_last_lr()[0], rel=1e-12, abs=1e-15), epoch
+        opt.step()
+        t_opt.step()
+        for s, t_s in zip(scheds, t_scheds, strict=True):
+            s.step()
+            t_s.step()
+    assert scheds[-1].get_last_lr() == [opt.lr]
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_lr_schedules_match_torch(name):
+    _compare_schedules([name])
+
+
 @pytest.mark.parametrize(
-    ("ours", "theirs"),
-    [
-        (lambda o: optim.StepLR(o, 3, gamma=0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
-        (lambda o: optim.CosineAnnealingLR(o, 7), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 7)),
-        (lambda o: optim.CosineAnnealingLR(o, 5, eta_min=0.01), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 5, 0.01)),
-    ],
-)  # fmt: skip
-def test_lr_schedules_match_torch(ours, theirs):
+    "names", [["step", "cosine"], ["cosine", "step"], ["cosine_eta_min", "step", "cosine"]]
+)
+def test_lr_schedules_compose_like_torch(names):
+    _compare_schedules(names)
+
+
+@pytest.mark.parametrize("names", [["step"], ["cosine_eta_min"], ["step", "cosine"]])
+def test_lr_changed_before_the_first_schedule_is_its_start(names):
+    """``initial_lr`` comes from ``opt.lr`` when the first schedule attaches, not from the
+    optimizer's constructor."""
+    _compare_schedules(names, lr=0.2, lr_before=0.05)
+
+
+def test_lr_changed_between_steps_carries_on_like_torch():
     opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=0.2)
     t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
-    sched, t_sched = ours(opt), theirs(t_opt)
-    for epoch in range(10):
-        assert opt.lr == pytest.approx(t_opt.param_groups[0]["lr"], rel=1e-12, abs=1e-15), epoch
+    sched = optim.StepLR(opt, 4, gamma=0.5)
+    t_sched = torch.optim.lr_scheduler.StepLR(t_opt, 4, 0.5)
+    assert sched.base_lr == 0.2 and opt.initial_lr == 0.2
+    for epoch in range(12):
+        if epoch == 6:
+            opt.lr = t_opt.param_groups[0]["lr"] = 0.3
         opt.step()
         t_opt.step()
         sched.step()
         t_sched.step()
-    assert sched.get_last_lr() == opt.lr
+        assert opt.lr == pytest.approx(t_opt.param_groups[0]["lr"], rel=1e-12), epoch
+    with pytest.raises(TypeError, match="StepLR: expected an Optimizer"):
+        optim.StepLR(t_opt, 3)

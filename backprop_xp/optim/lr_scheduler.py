@@ -1,4 +1,11 @@
-"""Learning-rate schedules: call ``scheduler.step()`` once per epoch, after ``opt.step()``."""
+"""Learning-rate schedules: call ``scheduler.step()`` once per epoch, after ``opt.step()``.
+
+The schedules are torch's *chainable* forms: each ``step()`` computes the new ``lr`` from the
+optimizer's current ``lr``, so several schedules on one optimizer compose as in torch, and a
+change made to ``opt.lr`` between steps carries on. The first schedule attached to an
+optimizer records ``opt.lr`` at that moment as ``opt.initial_lr`` (torch's
+``group.setdefault("initial_lr", group["lr"])``); every schedule's ``base_lr`` is that value.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +17,43 @@ __all__ = ["CosineAnnealingLR", "LRScheduler", "StepLR"]
 
 
 class LRScheduler:
-    """Sets ``optimizer.lr`` from the epoch counter ``last_epoch`` (starting at 0)."""
+    """Rewrites ``optimizer.lr`` at each ``step()`` from the epoch counter ``last_epoch``.
+
+    Attaching a schedule leaves ``optimizer.lr`` as it is (``last_epoch`` starts at 0).
+    """
 
     def __init__(self, optimizer: Optimizer):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"{type(self).__name__}: expected an Optimizer, got {type(optimizer).__name__}"
+            )
         self.optimizer = optimizer
-        self.base_lr = optimizer.initial_lr
+        if optimizer.initial_lr is None:
+            optimizer.initial_lr = optimizer.lr
+        self.base_lr: float = optimizer.initial_lr
         self.last_epoch = 0
-        optimizer.lr = self.get_lr()
+        self._last_lr = [optimizer.lr]
 
     def get_lr(self) -> float:
+        """The learning rate for epoch ``last_epoch``, from the optimizer's current ``lr``."""
         raise NotImplementedError
 
-    def get_last_lr(self) -> float:
-        return self.optimizer.lr
+    def get_last_lr(self) -> list[float]:
+        """``[lr]`` as this schedule last set it (a list, one entry per parameter group, as
+        torch's; backprop_xp optimizers have one group)."""
+        return list(self._last_lr)
 
     def step(self) -> None:
         self.last_epoch += 1
         self.optimizer.lr = self.get_lr()
+        self._last_lr = [self.optimizer.lr]
 
 
 class StepLR(LRScheduler):
-    r"""``lr = base_lr · gamma^{⌊epoch / step_size⌋}`` (torch's ``StepLR``)."""
+    r"""Multiply ``lr`` by ``gamma`` every ``step_size`` epochs (torch's ``StepLR``).
+
+    Alone on an optimizer this gives :math:`\eta_t = \eta_0 \gamma^{\lfloor t / s \rfloor}`.
+    """
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
         if step_size < 1:
@@ -39,12 +62,26 @@ class StepLR(LRScheduler):
         super().__init__(optimizer)
 
     def get_lr(self) -> float:
-        return self.base_lr * self.gamma ** (self.last_epoch // self.step_size)
+        lr = self.optimizer.lr
+        if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
+            return lr
+        return lr * self.gamma
 
 
 class CosineAnnealingLR(LRScheduler):
-    r""":math:`\eta_t = \eta_{min} + (\eta_0 - \eta_{min})(1 + \cos(\pi t / T_{max}))/2`
-    (torch's ``CosineAnnealingLR``, closed form)."""
+    r"""Cosine annealing from ``base_lr`` to ``eta_min`` over ``T_max`` epochs, torch's
+    recursive form.
+
+    .. math::
+        \eta_{t} = \eta_{min} + (\eta_{t-1} - \eta_{min})
+            \frac{1 + \cos(\pi t / T_{max})}{1 + \cos(\pi (t - 1) / T_{max})}
+
+    and, at the epochs where that ratio is 0/0 (:math:`(t - 1 - T_{max}) \bmod 2T_{max} = 0`),
+    :math:`\eta_t = \eta_{t-1} + (\eta_0 - \eta_{min})(1 - \cos(\pi / T_{max}))/2`. Alone on an
+    optimizer this is the closed form
+    :math:`\eta_t = \eta_{min} + (\eta_0 - \eta_{min})(1 + \cos(\pi t / T_{max}))/2`
+    (which rises again after ``T_max``).
+    """
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
         if T_max < 1:
@@ -53,5 +90,11 @@ class CosineAnnealingLR(LRScheduler):
         super().__init__(optimizer)
 
     def get_lr(self) -> float:
-        cos = math.cos(math.pi * self.last_epoch / self.T_max)
-        return self.eta_min + (self.base_lr - self.eta_min) * (1 + cos) / 2
+        lr, t, T = self.optimizer.lr, self.last_epoch, self.T_max
+        if t == 0:
+            return lr
+        if (t - 1 - T) % (2 * T) == 0:
+            return lr + (self.base_lr - self.eta_min) * (1 - math.cos(math.pi / T)) / 2
+        return (1 + math.cos(math.pi * t / T)) / (1 + math.cos(math.pi * (t - 1) / T)) * (
+            lr - self.eta_min
+        ) + self.eta_min

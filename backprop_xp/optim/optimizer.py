@@ -19,11 +19,17 @@ __all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
 Array = Any
 
 
+def _check(opt: str, arg: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{opt}: argument '{arg}' expected {expected}, got {value!r}")
+
+
 class Optimizer:
     """Base class: ``params`` (a Module or Parameters), ``lr``, ``step()``, ``zero_grad()``.
 
-    ``lr`` is a plain attribute that learning-rate schedules rewrite; ``initial_lr`` keeps
-    the value given at construction. Parameters whose ``.grad`` is None are skipped.
+    ``lr`` is a plain attribute that learning-rate schedules rewrite. ``initial_lr`` is None
+    until the first schedule is attached, which sets it to ``lr`` at that moment (torch's
+    ``param_group["initial_lr"]``). Parameters whose ``.grad`` is None are skipped.
     """
 
     def __init__(self, params: Module | Iterable[Parameter], lr: float):
@@ -38,10 +44,9 @@ class Optimizer:
                     f"{type(self).__name__}: item {i} of params is a {type(p).__name__}, "
                     f"not a Parameter"
                 )
-        if lr < 0:
-            raise ValueError(f"{type(self).__name__}: invalid learning rate {lr}")
+        _check(type(self).__name__, "lr", lr, not lr < 0, ">= 0 (a learning rate)")
         self.lr = lr
-        self.initial_lr = lr
+        self.initial_lr: float | None = None
         self.state: dict[int, dict[str, Any]] = {}
 
     def zero_grad(self) -> None:
@@ -49,14 +54,41 @@ class Optimizer:
             p.grad = None
 
     def step(self) -> None:
-        """Update every parameter that has a gradient."""
-        for p in self.params:
-            if p.grad is not None:
-                # looked up each step: the model may have moved (Module.to) since __init__
-                xp = get_namespace(p.data, p.grad, op=f"{type(self).__name__}.step")
-                self._update(p, self.state.setdefault(id(p), {}), xp)
-                if p.data.ndim == 0:  # NumPy turns 0-d arithmetic results into scalars
-                    p.data = xp.asarray(p.data)
+        """Update every parameter that has a gradient.
+
+        Every gradient is checked before any parameter changes: one from another library or
+        device, or of another shape or dtype than its parameter's data, raises (broadcasting
+        or type promotion would otherwise silently reshape or retype the parameter).
+        """
+        op = f"{type(self).__name__}.step"
+        todo = []
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if g is None:
+                continue
+            if not (hasattr(g, "shape") and hasattr(g, "dtype")):
+                raise TypeError(
+                    f"{op}: parameter {i} has a .grad of type {type(g).__name__}, not an array"
+                )
+            # looked up each step: the model may have moved (Module.to) since __init__
+            xp = get_namespace(
+                p.data, g, op=op, names=[f"parameter {i} (data)", f"parameter {i} (grad)"]
+            )
+            if tuple(g.shape) != tuple(p.data.shape):
+                raise ValueError(
+                    f"{op}: parameter {i} has a gradient of shape {tuple(g.shape)} but its "
+                    f"data has shape {tuple(p.data.shape)}"
+                )
+            if g.dtype != p.data.dtype:
+                raise TypeError(
+                    f"{op}: parameter {i} has a gradient of dtype {g.dtype} but its data has "
+                    f"dtype {p.data.dtype}; cast the gradient to the parameter's dtype"
+                )
+            todo.append((p, xp))
+        for p, xp in todo:
+            self._update(p, self.state.setdefault(id(p), {}), xp)
+            if p.data.ndim == 0:  # NumPy turns 0-d arithmetic results into scalars
+                p.data = xp.asarray(p.data)
 
     def _update(self, p: Parameter, state: dict[str, Any], xp: Any) -> None:
         raise NotImplementedError
@@ -84,9 +116,16 @@ class SGD(Optimizer):
         nesterov: bool = False,
         maximize: bool = False,
     ):
-        super().__init__(params, lr)
+        # torch's checks, comparison for comparison (NaN momentum passes, as in torch);
+        # dampening is not checked
+        _check("SGD", "momentum", momentum, not momentum < 0, ">= 0")
+        _check("SGD", "weight_decay", weight_decay, not weight_decay < 0, ">= 0")
         if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("SGD: nesterov momentum needs momentum > 0 and zero dampening")
+            raise ValueError(
+                f"SGD: nesterov momentum needs momentum > 0 and zero dampening, got "
+                f"momentum={momentum!r}, dampening={dampening!r}"
+            )
+        super().__init__(params, lr)
         self.momentum, self.dampening = momentum, dampening
         self.weight_decay, self.nesterov, self.maximize = weight_decay, nesterov, maximize
 
@@ -126,9 +165,14 @@ class Adam(Optimizer):
         amsgrad: bool = False,
         maximize: bool = False,
     ):
+        name = type(self).__name__
+        # torch's checks, comparison for comparison (NaN fails each)
+        _check(name, "lr", lr, 0.0 <= lr, ">= 0 (a learning rate)")
+        _check(name, "eps", eps, 0.0 <= eps, ">= 0")
+        _check(name, "betas[0]", betas[0], 0.0 <= betas[0] < 1.0, "in [0, 1)")
+        _check(name, "betas[1]", betas[1], 0.0 <= betas[1] < 1.0, "in [0, 1)")
+        _check(name, "weight_decay", weight_decay, 0.0 <= weight_decay, ">= 0")
         super().__init__(params, lr)
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"{type(self).__name__}: invalid betas {betas}")
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
         self.amsgrad, self.maximize = amsgrad, maximize
 
