@@ -581,3 +581,21 @@ def test_gated_layers_have_no_nonlinearity(cls):
     with pytest.raises(TypeError, match=f"{cls.__name__}: unexpected argument 'nonlinearity'"):
         cls(3, 4, nonlinearity="relu")
     assert nn.RNN(3, 4, 1, "relu").nonlinearity == "relu"
+
+
+def test_max_pool_layer_positional_arguments_are_torchs():
+    """torch.nn.MaxPool2d(kernel_size, stride, padding, dilation, return_indices, ceil_mode)."""
+    x = np.arange(25.0, dtype=np.float32).reshape(1, 1, 5, 5)
+    y, _ = nn.MaxPool2d(2, 2, 0, 1, False, True)(x)  # ceil_mode is the sixth
+    assert y.shape == (1, 1, 3, 3)
+    with pytest.raises(ValueError, match="MaxPool2d: return_indices=True is not supported"):
+        nn.MaxPool2d(2, 2, 0, 1, True)
+
+
+def test_to_dtype_casts_loss_class_weights_and_refuses_integers():
+    criterion = nn.CrossEntropyLoss(weight=np.array([1.0, 2.0, 3.0], dtype=np.float32))
+    criterion.to(dtype="float64")
+    loss, _ = criterion(np.zeros((2, 3)), np.array([0, 2]))
+    assert criterion.weight.dtype == np.float64 and loss.dtype == np.float64
+    with pytest.raises(TypeError, match=r"Linear\.to: argument 'dtype' expected a real floating"):
+        nn.Linear(2, 2, rng=0).to(dtype="int32")

@@ -129,9 +129,15 @@ class _MaxPool(_Pool):
         stride: Size | None = None,
         padding: Size = 0,
         dilation: Size = 1,
+        return_indices: bool = False,
         ceil_mode: bool = False,
     ):
         super().__init__()
+        if return_indices:  # torch's position for it, so positional calls mean the same
+            raise ValueError(
+                f"{type(self).__name__}: return_indices=True is not supported (the backprop "
+                f"routes each gradient to its window's maximum itself; there is no MaxUnpool)"
+            )
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.dilation, self.ceil_mode = dilation, ceil_mode
 

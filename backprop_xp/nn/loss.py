@@ -36,14 +36,19 @@ class _Loss(Module):
 
         return loss, once(type(self).__name__, backprop, like=loss)
 
-    def _moved(self, backend: Any, device: Any) -> None:
+    def _moved(self, backend: Any, device: Any, dtype: Any = None) -> None:
         for name in self._arrays:
             a = getattr(self, name)
-            if a is not None and (backend is not None or device is not None):
-                xp = namespace(backend) if isinstance(backend, str) else backend
-                if xp is None:
-                    xp = get_namespace(a)
-                object.__setattr__(self, name, to_namespace(a, xp, device))
+            if a is None:
+                continue
+            xp = namespace(backend) if isinstance(backend, str) else backend
+            if xp is None:
+                xp = get_namespace(a)
+            if backend is not None or device is not None:
+                a = to_namespace(a, xp, device)
+            if dtype is not None:  # class weights follow the model's dtype, as torch's buffers
+                a = xp.astype(a, getattr(xp, dtype) if isinstance(dtype, str) else dtype)
+            object.__setattr__(self, name, a)
 
 
 class CrossEntropyLoss(_Loss):

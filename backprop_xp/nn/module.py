@@ -303,14 +303,19 @@ class Module:
                     p.grad = to_namespace(p.grad, xp, device)
             if dtype is not None:
                 dt = getattr(xp, dtype) if isinstance(dtype, str) else dtype
+                if not xp.isdtype(dt, "real floating"):
+                    raise TypeError(
+                        f"{type(self).__name__}.to: argument 'dtype' expected a real "
+                        f"floating-point dtype, got {dtype}"
+                    )
                 p.data = xp.astype(p.data, dt)
                 if p.grad is not None:
                     p.grad = xp.astype(p.grad, dt)
         for m in self.modules():
-            m._moved(backend, device)
+            m._moved(backend, device, dtype)
         return self
 
-    def _moved(self, backend: Any, device: Any) -> None:
+    def _moved(self, backend: Any, device: Any, dtype: Any = None) -> None:
         """Hook for layers holding non-parameter arrays (a loss's class weights)."""
 
     # -- display -----------------------------------------------------------------------------
