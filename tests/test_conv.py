@@ -202,6 +202,26 @@ def test_conv_batch_chunks_give_the_same_result(xp, rng):
             assert_close(a, r, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_conv_unbatched_input_is_a_batch_of_one(xp, rng, nd):
+    """(C_in, *S) as torch accepts it: the batch of one, without its batch axis."""
+    conv, backward = CONV[nd], getattr(F, f"conv{nd}d_backward")
+    x = xp.asarray(rng.standard_normal((2, *(5,) * nd)))
+    w = xp.asarray(rng.standard_normal((3, 2, *(3,) * nd)))
+    b = xp.asarray(rng.standard_normal(3))
+    y, cache = conv(x, w, b, padding=1)
+    y1, cache1 = conv(x[None, ...], w, b, padding=1)
+    assert tuple(y.shape) == (3, *(5,) * nd)
+    assert_close(y, y1[0, ...], rtol=0, atol=0)
+    dy = xp.asarray(rng.standard_normal(tuple(y.shape)))
+    grads, grads1 = backward(dy, cache), backward(dy[None, ...], cache1)
+    assert tuple(grads[0].shape) == tuple(x.shape)
+    assert_close(grads[0], grads1[0][0, ...], rtol=0, atol=0)
+    for g, g1 in zip(grads[1:], grads1[1:], strict=True):
+        assert_close(g, g1, rtol=0, atol=0)
+    gradcheck(conv, [x, w, b], {"padding": 1})
+
+
 def test_conv_empty_batch(xp, rng):
     x, w, b = _draw(rng, 2, 2, 3, 5, 3, 1, n=0)
     y, cache = F.conv2d(xp.asarray(x), xp.asarray(w), xp.asarray(b))
@@ -242,7 +262,12 @@ def test_conv_nan_propagates(xp, rng):
             r"conv2d: argument 'weight' expected shape\[1\]",
         ),
         ((1, 2, 5, 5), (3, 2, 3), {}, r"conv2d: argument 'weight' expected a 4-d array"),
-        ((2, 5, 5), (3, 2, 3, 3), {}, r"conv2d: argument 'x' expected a 4-d array"),
+        (
+            (5, 5),
+            (3, 2, 3, 3),
+            {},
+            r"conv2d: argument 'x' expected a 4-d array .* or an unbatched 3-d",
+        ),
         (
             (1, 2, 5, 5),
             (3, 2, 3, 3),

@@ -99,6 +99,7 @@ class ConvCache(NamedTuple):
     has_bias: bool
     win: Window
     groups: int
+    unbatched: bool  # x came as (C_in, *S)
 
 
 def _conv_nd(
@@ -121,8 +122,16 @@ def _conv_nd(
             raise TypeError(
                 f"{op}: argument '{name}' expected dtype {x.dtype} (that of 'x'), got {a.dtype}"
             )
-    if x.ndim != nd + 2:
-        raise shape_error(op, "x", f"a {nd + 2}-d array (N, C_in, *{nd} spatial)", tuple(x.shape))
+    if x.ndim not in (nd + 1, nd + 2):
+        raise shape_error(
+            op,
+            "x",
+            f"a {nd + 2}-d array (N, C_in, *{nd} spatial) or an unbatched {nd + 1}-d one",
+            tuple(x.shape),
+        )
+    unbatched = x.ndim == nd + 1
+    if unbatched:
+        x = x[None, ...]
     if weight.ndim != nd + 2:
         raise shape_error(
             op,
@@ -177,23 +186,27 @@ def _conv_nd(
         if bias is not None:
             yc = xpx.at(yc, ...).add(xp.reshape(bias, (c_out, 1, *(1,) * nd)))  # yc is ours
         y = xpx.at(y, (slice(a, b), ...)).set(xp.permute_dims(yc, (1, 0, *range(2, nd + 2))))
-    return y, ConvCache(x, weight, bias is not None, win, groups)
+    cache = ConvCache(x, weight, bias is not None, win, groups, unbatched)
+    return (y[0, ...] if unbatched else y), cache
 
 
 def _conv_nd_backward(dy: Array, cache: ConvCache, op: str) -> tuple[Array, Array, Array | None]:
-    x, weight, has_bias, win, groups = cache
+    x, weight, has_bias, win, groups, unbatched = cache
     xp = get_namespace(dy, x, op=op, names=("dy", "x"))
     nd = len(win.in_size)
     n = x.shape[0]
     c_out = weight.shape[0]
-    dy = check_cotangent(op, "dy", dy, (n, c_out, *win.out_size), x.dtype)
+    shape = (n, c_out, *win.out_size)
+    dy = check_cotangent(op, "dy", dy, shape[1:] if unbatched else shape, x.dtype)
+    if unbatched:
+        dy = dy[None, ...]
     transposed = _transposed_window(win)
     if transposed is None:
         dx, dW = _backward_im2col_x(xp, dy, x, weight, win, groups)
     else:
         dx, dW = _backward_im2col_dy(xp, dy, x, weight, win, groups, *transposed)
     db = xp.sum(dy, axis=(0, *range(2, nd + 2))) if has_bias else None
-    return dx, dW, db
+    return (dx[0, ...] if unbatched else dx), dW, db
 
 
 def _backward_im2col_x(
@@ -360,7 +373,7 @@ _CONV_DOC = r"""{nd}-d convolution (cross-correlation), torch's ``conv{nd}d``.
 
     Parameters
     ----------
-    x : array, shape (N, C_in, {spatial})
+    x : array, shape (N, C_in, {spatial}), or (C_in, {spatial}) unbatched
     weight : array, shape (C_out, C_in/groups, {kernel})
     bias : array, shape (C_out,), optional
     stride, dilation : int or tuple of {nd} ints, positive
