@@ -333,6 +333,12 @@ def test_conv_rejects_bad_input(xp, x_shape, w_shape, opts, match):
         op(xp.asarray(np.ones(x_shape)), xp.asarray(np.ones(w_shape)), **opts)
 
 
+def test_conv_groups_may_be_a_numpy_int(xp, rng):
+    x = xp.asarray(rng.standard_normal((1, 4, 5, 5)))
+    w = xp.asarray(rng.standard_normal((2, 2, 3, 3)))
+    assert_close(F.conv2d(x, w, groups=np.int64(2))[0], F.conv2d(x, w, groups=2)[0])
+
+
 def test_conv_rejects_bad_bias_and_dtypes(xp):
     x, w = xp.asarray(np.ones((1, 2, 5, 5))), xp.asarray(np.ones((3, 2, 3, 3)))
     with pytest.raises(

@@ -464,10 +464,11 @@ def _bad_cases(cell: str):
             ValueError,
             r"argument 'lengths' expected values in \[0, 4\]",
         ),
+        (replace(n_state, None), TypeError, r"argument '[hc]0' expected an array, got None"),
     ]
 
 
-@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("case", range(13))
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_bad_input(xp, cell, case):
     args, error, match = _bad_cases(cell)[case]

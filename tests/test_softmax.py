@@ -64,9 +64,40 @@ def test_softmax_rejects_integer_input(xp):
         F.softmax(xp.asarray([1, 2, 3]))
 
 
-def test_softmax_rejects_bad_axis(xp):
-    with pytest.raises(ValueError, match=r"softmax: argument 'axis' expected an axis in"):
-        F.softmax(xp.asarray([[1.0, 2.0]]), axis=2)
+@pytest.mark.parametrize("op", [F.softmax, F.log_softmax])
+def test_softmax_rejects_bad_axis(xp, op):
+    name = op.__name__
+    with pytest.raises(ValueError, match=rf"{name}: argument 'axis' expected an axis in"):
+        op(xp.asarray([[1.0, 2.0]]), axis=2)
+    for axis in (None, (0, 1), 0.0):
+        with pytest.raises(TypeError, match=rf"{name}: argument 'axis' expected an int, got"):
+            op(xp.asarray([[1.0, 2.0]]), axis=axis)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # NumPy's inf - inf
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_zero_d_softmax_matches_torch(xp, op):
+    """A 0-d array is one class: softmax 1 (log 0) for finite x, NaN for NaN and ±inf; axis
+    -1 and 0 both work, as in torch."""
+    torch = pytest.importorskip("torch")
+    for value in (2.0, float("nan"), float("inf")):
+        for axis in (-1, 0):
+            y, cache = getattr(F, op)(xp.asarray(value), axis=axis)
+            (dx,) = getattr(F, op + "_backward")(xp.asarray(3.0), cache)
+            t = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+            ty = getattr(torch, op)(t, axis)
+            ty.backward(torch.tensor(3.0, dtype=torch.float64))
+            np.testing.assert_array_equal(to_np(y), ty.detach().numpy())
+            np.testing.assert_array_equal(to_np(dx), t.grad.numpy())
+
+
+@pytest.mark.parametrize("op", [F.softmax, F.log_softmax])
+def test_softmax_over_an_empty_axis(xp, op):
+    """Torch returns an empty result; max over nothing must not be taken."""
+    y, cache = op(xp.asarray(np.zeros((3, 0))))
+    assert tuple(y.shape) == (3, 0)
+    (dx,) = getattr(F, op.__name__ + "_backward")(y, cache)
+    assert tuple(dx.shape) == (3, 0)
 
 
 def test_softmax_empty_batch(xp):

@@ -3,6 +3,7 @@ expected and what came."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -80,9 +81,13 @@ def check_shape(op: str, name: str, x: Array, shape: tuple[int, ...]) -> None:
 
 
 def normalize_axis(op: str, axis: int, ndim: int) -> int:
-    if not -ndim <= axis < max(ndim, 1):
-        raise shape_error(op, "axis", f"an axis in [{-ndim}, {ndim})", axis)
-    return axis % max(ndim, 1)
+    """``axis`` in ``[0, ndim)``; a 0-d array takes ``0`` or ``-1``, as in torch."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{op}: argument 'axis' expected an int, got {axis!r}")
+    n = max(ndim, 1)
+    if not -n <= axis < n:
+        raise shape_error(op, "axis", f"an axis in [{-n}, {n})", axis)
+    return int(axis) % n
 
 
 def check_choice(op: str, name: str, value: object, choices: Sequence[object]) -> None:

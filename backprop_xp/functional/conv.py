@@ -35,6 +35,7 @@ each chunk is still one GEMM per direction.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -139,8 +140,9 @@ def _conv_nd(
             f"a {nd + 2}-d array (C_out, C_in/groups, *{nd} kernel)",
             tuple(weight.shape),
         )
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
         raise shape_error(op, "groups", "a positive int", repr(groups))
+    groups = int(groups)
     c_in, c_out = x.shape[1], weight.shape[0]
     if c_in % groups or c_out % groups:
         raise shape_error(

@@ -91,6 +91,9 @@ def _check(
     lengths: Array | None,
 ) -> tuple[ModuleType, _Dims, Array | None]:
     """Validate shapes and dtypes; return the namespace, the sizes, and the (T, N, 1) mask."""
+    for name, a in (("input", input), *states.items(), ("w_ih", w_ih), ("w_hh", w_hh)):
+        if a is None:
+            raise TypeError(f"{op}: argument '{name}' expected an array, got None")
     names = ("input", *states, "w_ih", "w_hh", "b_ih", "b_hh", "lengths")
     arrays = (input, *states.values(), w_ih, w_hh, b_ih, b_hh, lengths)
     xp = get_namespace(*arrays, op=op, names=names)

@@ -48,8 +48,13 @@ def softmax(x: Array, /, axis: int = -1) -> tuple[Array, SoftmaxCache]:
     xp = get_namespace(x, op="softmax", names=("x",))
     check_floating("softmax", "x", x, xp)
     axis = normalize_axis("softmax", axis, x.ndim)
-    e = xp.exp(x - xp.max(x, axis=axis, keepdims=True)) if x.ndim else xp.ones_like(x)
-    y = e / xp.sum(e, axis=axis, keepdims=True) if x.ndim else e
+    if x.ndim == 0 or x.shape[axis] == 0:
+        # one element: exp(x - x) is 1, or NaN for NaN and ±inf as in torch; no elements:
+        # an empty result (max over nothing has no value)
+        y = xp.exp(x - x)
+        return y, SoftmaxCache(y, axis)
+    e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
+    y = e / xp.sum(e, axis=axis, keepdims=True)
     return y, SoftmaxCache(y, axis)
 
 
@@ -57,7 +62,7 @@ def softmax_backward(dy: Array, cache: SoftmaxCache, /) -> tuple[Array]:
     y, axis = cache
     xp, dy = cotangent_namespace("softmax_backward", dy, y, y.shape, y.dtype)
     if y.ndim == 0:
-        return (xp.zeros_like(y),)
+        return (y * (dy - dy * y),)
     return (y * (dy - xp.sum(dy * y, axis=axis, keepdims=True)),)
 
 
@@ -79,8 +84,8 @@ def log_softmax(x: Array, /, axis: int = -1) -> tuple[Array, LogSoftmaxCache]:
     xp = get_namespace(x, op="log_softmax", names=("x",))
     check_floating("log_softmax", "x", x, xp)
     axis = normalize_axis("log_softmax", axis, x.ndim)
-    if x.ndim == 0:
-        y = xp.zeros_like(x)
+    if x.ndim == 0 or x.shape[axis] == 0:  # 0, or NaN for NaN and ±inf, as in torch
+        y = x - x
         return y, LogSoftmaxCache(y, axis)
     z = x - xp.max(x, axis=axis, keepdims=True)
     y = z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
@@ -91,7 +96,7 @@ def log_softmax_backward(dy: Array, cache: LogSoftmaxCache, /) -> tuple[Array]:
     y, axis = cache
     xp, dy = cotangent_namespace("log_softmax_backward", dy, y, y.shape, y.dtype)
     if y.ndim == 0:
-        return (xp.zeros_like(y),)
+        return (dy - xp.exp(y) * dy,)
     return (dy - xp.exp(y) * xp.sum(dy, axis=axis, keepdims=True),)
 
 
