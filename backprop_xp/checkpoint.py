@@ -98,7 +98,7 @@ def _bfloat16_bits(a: Any) -> np.ndarray | None:
 
 def _relabel_bf16(data: bytes, names: set[str]) -> bytes:
     """safetensors bytes with the uint16 tensors ``names`` marked BF16: the same bytes
-    otherwise, the header re-padded to a multiple of 8 (the layout safetensors.torch writes)."""
+    otherwise, the header re-padded to a multiple of 8 as safetensors pads it."""
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + n])
     for name in names:

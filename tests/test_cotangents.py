@@ -133,7 +133,10 @@ def test_cotangent_of_a_wrong_shape_is_an_error(xp, rng, case):
             _call(backward, cot, cache)
 
 
-@pytest.mark.parametrize("case", ["softmax", "linear", "cross_entropy", "conv2d", "max_pool2d"])
+@pytest.mark.parametrize(
+    "case",
+    ["softmax", "linear", "cross_entropy", "conv2d", "max_pool2d", "sigmoid_as_softmax_logits"],
+)
 def test_cotangent_must_be_an_array(xp, rng, case):
     _, cache, backward, names = _run(xp, rng, case)
     with pytest.raises(TypeError, match=rf"argument '{names[0]}' expected an array, got float"):

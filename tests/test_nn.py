@@ -599,3 +599,28 @@ def test_to_dtype_casts_loss_class_weights_and_refuses_integers():
     assert criterion.weight.dtype == np.float64 and loss.dtype == np.float64
     with pytest.raises(TypeError, match=r"Linear\.to: argument 'dtype' expected a real floating"):
         nn.Linear(2, 2, rng=0).to(dtype="int32")
+
+
+def test_loss_backprop_takes_a_python_number():
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    _, backprop = nn.CrossEntropyLoss()(x, np.array([0, 1, 2, 0]))
+    _, backprop_default = nn.CrossEntropyLoss()(x, np.array([0, 1, 2, 0]))
+    dx = backprop(1)
+    assert dx.dtype == np.float32
+    np.testing.assert_array_equal(dx, backprop_default())
+    _, backprop = nn.MSELoss()(x, np.zeros_like(x))
+    assert backprop(2.0).dtype == np.float32
+
+
+def test_sequential_ending_in_a_recurrent_layer():
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    (out, _), backprop = nn.Sequential(nn.GRU(3, 4, rng=0))(x)
+    dx, dh0 = backprop(np.ones(out.shape))  # float64: the GRU casts it
+    assert dx.dtype == np.float32 and dh0 is None
+
+
+def test_to_an_integer_dtype_moves_nothing():
+    model = nn.Sequential(nn.Linear(2, 2, rng=0), nn.Linear(2, 2, rng=0))
+    with pytest.raises(TypeError, match=r"Sequential\.to: argument 'dtype'"):
+        model.to("numpy", dtype="int64")
+    assert all(p.dtype == np.float32 for p in model.parameters())

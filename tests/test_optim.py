@@ -231,6 +231,28 @@ def test_clip_grad_norm_nonfinite():
     assert optim.clip_grad_norm([nn.Parameter(np.zeros(2))], 1.0) == 0.0
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("norm_type", [-1.0, -2.0, 2.0, math.inf, -math.inf])
+def test_clip_grad_norm_nan_propagates_as_torch(norm_type):
+    """A zero entry makes a negative-order norm 0, but a NaN beside it still wins."""
+    grads = [np.array([0.0, np.nan, 1.0]), np.array([2.0, 3.0])]
+    p = [nn.Parameter(np.zeros(g.shape)) for g in grads]
+    t = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads]
+    for q, tq, g in zip(p, t, grads, strict=True):
+        q.grad, tq.grad = g.copy(), torch.tensor(g)
+    total = optim.clip_grad_norm(p, 1.0, norm_type)
+    t_total = torch.nn.utils.clip_grad_norm_(t, 1.0, norm_type, foreach=False)
+    np.testing.assert_array_equal(np.asarray(total), t_total.numpy())
+
+
+def test_sgd_subclass_errors_name_the_subclass():
+    class MySGD(optim.SGD):
+        pass
+
+    with pytest.raises(ValueError, match="MySGD: argument 'momentum'"):
+        MySGD([nn.Parameter(np.zeros(2))], lr=0.1, momentum=-1.0)
+
+
 SCHEDULES = {
     "step": (lambda o: optim.StepLR(o, 3, gamma=0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
     "cosine": (lambda o: optim.CosineAnnealingLR(o, 7), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 7)),

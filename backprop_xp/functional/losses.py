@@ -243,7 +243,8 @@ def cross_entropy(
     kept = xp.astype(valid, input.dtype)
     denominator = None
     if reduction == "mean":
-        total = xp.sum(kept if w_y is None else kept * w_y)
+        # float32 for float16: a count past 65504 would be inf, and the mean 0
+        total = xp.sum(kept if w_y is None else kept * w_y, dtype=_accumulator(xp, input.dtype))
         # nothing kept: NaN as torch, without a 0/0 (NumPy would warn)
         denominator = xp.where(
             total == 0, xp.asarray(float("nan"), dtype=total.dtype, device=device(total)), total

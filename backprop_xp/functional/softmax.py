@@ -132,6 +132,6 @@ def sigmoid_as_softmax_logits_backward(
 ) -> tuple[Array]:
     shape = (*cache.shape, 2)
     op = "sigmoid_as_softmax_logits_backward"
-    get_namespace(dlogits, op=op, names=("dlogits",))
     dlogits = check_cotangent(op, "dlogits", dlogits, shape, cache.dtype)
+    get_namespace(dlogits, op=op, names=("dlogits",))
     return (dlogits[..., 0],)

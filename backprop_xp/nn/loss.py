@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
-from ..backend import get_namespace, namespace, to_namespace
-from .module import Backprop, Module, once
+from ..backend import device, get_namespace, namespace, to_namespace
+from .module import Backprop, Module, check_float_dtype, once
 
 __all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "MSELoss"]
 
@@ -30,8 +30,11 @@ class _Loss(Module):
         backward = getattr(F, self._op + "_backward")
 
         def backprop(dloss: Array | None = None) -> Array:
+            xp = get_namespace(loss)
             if dloss is None:
-                dloss = get_namespace(loss).ones_like(loss)
+                dloss = xp.ones_like(loss)
+            elif isinstance(dloss, (int, float)):  # backprop(1), as docs/nn.md shows
+                dloss = xp.asarray(dloss, dtype=loss.dtype, device=device(loss))
             return backward(dloss, cache)[0]
 
         return loss, once(type(self).__name__, backprop, like=loss)
@@ -47,7 +50,7 @@ class _Loss(Module):
             if backend is not None or device is not None:
                 a = to_namespace(a, xp, device)
             if dtype is not None:  # class weights follow the model's dtype, as torch's buffers
-                a = xp.astype(a, getattr(xp, dtype) if isinstance(dtype, str) else dtype)
+                a = xp.astype(a, check_float_dtype(f"{type(self).__name__}.to", xp, dtype))
             object.__setattr__(self, name, a)
 
 

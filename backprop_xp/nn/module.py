@@ -128,7 +128,9 @@ def _cast_like(g: Any, like: Array) -> Any:
     """``g`` (an array, None, or a tuple or list of them) in ``like``'s floating dtype."""
     if isinstance(g, (tuple, list)):
         return type(g)(_cast_like(v, like) for v in g)
-    if g is None or not hasattr(g, "dtype") or g.dtype == like.dtype:
+    if g is None or not hasattr(g, "dtype") or not hasattr(like, "dtype"):
+        return g  # like a tuple output (a Sequential ending in an RNN): its layers cast
+    if g.dtype == like.dtype:
         return g
     if library_name(g) != library_name(like):
         return g  # the op reports the mixed libraries
@@ -136,6 +138,26 @@ def _cast_like(g: Any, like: Array) -> Any:
     if xp.isdtype(g.dtype, "real floating") and xp.isdtype(like.dtype, "real floating"):
         return xp.astype(g, like.dtype)
     return g
+
+
+def check_float_dtype(who: str, xp: ModuleType, dtype: Any, names_only: bool = False) -> Any:
+    """``dtype`` (a name such as ``"float64"``, or a dtype of ``xp``) as a real floating dtype
+    of ``xp``; anything else is a TypeError. ``names_only`` checks only names, whose meaning
+    does not depend on the namespace (before the target namespace is known)."""
+    if names_only and not isinstance(dtype, str):
+        return None
+    dt = getattr(xp, dtype, None) if isinstance(dtype, str) else dtype
+    ok = dt is not None
+    if ok:
+        try:
+            ok = bool(xp.isdtype(dt, "real floating"))
+        except (TypeError, ValueError):
+            ok = False
+    if not ok:
+        raise TypeError(
+            f"{who}: argument 'dtype' expected a real floating-point dtype, got {dtype!r}"
+        )
+    return dt
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -293,21 +315,21 @@ class Module:
         after moving the model.
         """
         move = backend is not None or device is not None
+        target = None
+        if backend is not None:
+            target = namespace(backend) if isinstance(backend, str) else backend
+        if dtype is not None:  # refused before anything moves
+            check_float_dtype(
+                f"{type(self).__name__}.to", target or namespace("numpy"), dtype, names_only=True
+            )
         for p in self.parameters():
-            xp = get_namespace(p.data)
-            if backend is not None:
-                xp = namespace(backend) if isinstance(backend, str) else backend
+            xp = target or get_namespace(p.data)
             if move:
                 p.data = to_namespace(p.data, xp, device)
                 if p.grad is not None:
                     p.grad = to_namespace(p.grad, xp, device)
             if dtype is not None:
-                dt = getattr(xp, dtype) if isinstance(dtype, str) else dtype
-                if not xp.isdtype(dt, "real floating"):
-                    raise TypeError(
-                        f"{type(self).__name__}.to: argument 'dtype' expected a real "
-                        f"floating-point dtype, got {dtype}"
-                    )
+                dt = check_float_dtype(f"{type(self).__name__}.to", xp, dtype)
                 p.data = xp.astype(p.data, dt)
                 if p.grad is not None:
                     p.grad = xp.astype(p.grad, dt)

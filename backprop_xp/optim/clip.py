@@ -31,10 +31,10 @@ def _vector_norm(x: Array, ord: float, *, xp: ModuleType) -> Array:
         return xp.sum(xp.astype(a != 0, x.dtype))
     if ord < 0:
         # |x|^p is 1/0 where x = 0: keep the division out of the graph (NumPy warns), and
-        # the sum then is inf, whose p-th root is 0
+        # the sum then is inf, whose p-th root is 0, unless a NaN makes it NaN
         zero = a == 0
         s = xp.sum(xp.where(zero, xp.ones_like(a), a) ** ord)
-        return xp.where(xp.any(zero), xp.zeros_like(s), s ** (1.0 / ord))
+        return xp.where(xp.any(zero) & ~xp.isnan(s), xp.zeros_like(s), s ** (1.0 / ord))
     return xp.sum(a**ord) ** (1.0 / ord)
 
 

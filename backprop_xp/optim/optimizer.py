@@ -118,11 +118,12 @@ class SGD(Optimizer):
     ):
         # torch's checks, comparison for comparison (NaN momentum passes, as in torch);
         # dampening is not checked
-        _check("SGD", "momentum", momentum, not momentum < 0, ">= 0")
-        _check("SGD", "weight_decay", weight_decay, not weight_decay < 0, ">= 0")
+        name = type(self).__name__
+        _check(name, "momentum", momentum, not momentum < 0, ">= 0")
+        _check(name, "weight_decay", weight_decay, not weight_decay < 0, ">= 0")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
-                f"SGD: nesterov momentum needs momentum > 0 and zero dampening, got "
+                f"{name}: nesterov momentum needs momentum > 0 and zero dampening, got "
                 f"momentum={momentum!r}, dampening={dampening!r}"
             )
         super().__init__(params, lr)
