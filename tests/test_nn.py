@@ -624,3 +624,20 @@ def test_to_an_integer_dtype_moves_nothing():
     with pytest.raises(TypeError, match=r"Sequential\.to: argument 'dtype'"):
         model.to("numpy", dtype="int64")
     assert all(p.dtype == np.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "build", [lambda: nn.Linear(3, 2, rng=0), lambda: nn.ReLU(), lambda: nn.Conv1d(3, 2, 1, rng=0)]
+)
+def test_backprop_does_not_keep_the_output_alive(build):
+    """Once the next layer has consumed an output, only what the backward needs stays."""
+    import gc
+    import weakref
+
+    layer = build()
+    x = np.ones((4, 3, 5) if isinstance(layer, nn.Conv1d) else (4, 3), dtype=np.float32)
+    y, _backprop = layer(x)  # the closure stays alive; the output must not
+    ref = weakref.ref(y)
+    del y
+    gc.collect()
+    assert ref() is None

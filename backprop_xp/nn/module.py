@@ -105,9 +105,12 @@ def once(name: str, fn: Callable[..., Any], like: Array | None = None) -> Backpr
 
     With ``like`` (the forward's output), floating-point gradients passed in, alone or in
     tuples, are cast to its dtype first, as torch's autograd casts the gradient given to
-    ``backward``.
+    ``backward``. Only its library and dtype are kept, not the array: the closure must not
+    keep a layer's output alive after the next layer has consumed it.
     """
     done = False
+    target = (library_name(like), like.dtype) if hasattr(like, "dtype") else None
+    del like
 
     def backprop(*args: Any, **kwargs: Any) -> Any:
         nonlocal done
@@ -116,27 +119,27 @@ def once(name: str, fn: Callable[..., Any], like: Array | None = None) -> Backpr
                 f"{name}: this backprop was already run; run the forward again for a new one"
             )
         done = True
-        if like is not None:
-            args = tuple(_cast_like(a, like) for a in args)
-            kwargs = {k: _cast_like(v, like) for k, v in kwargs.items()}
+        if target is not None:
+            args = tuple(_cast_to(a, *target) for a in args)
+            kwargs = {k: _cast_to(v, *target) for k, v in kwargs.items()}
         return fn(*args, **kwargs)
 
     return backprop
 
 
-def _cast_like(g: Any, like: Array) -> Any:
-    """``g`` (an array, None, or a tuple or list of them) in ``like``'s floating dtype."""
+def _cast_to(g: Any, lib: str, dtype: Any) -> Any:
+    """``g`` (an array, None, or a tuple or list of them) in ``dtype`` where ``g`` is a
+    floating array of library ``lib`` (a tuple output, such as a Sequential ending in an RNN,
+    passes no target: its layers cast)."""
     if isinstance(g, (tuple, list)):
-        return type(g)(_cast_like(v, like) for v in g)
-    if g is None or not hasattr(g, "dtype") or not hasattr(like, "dtype"):
-        return g  # like a tuple output (a Sequential ending in an RNN): its layers cast
-    if g.dtype == like.dtype:
+        return type(g)(_cast_to(v, lib, dtype) for v in g)
+    if g is None or not hasattr(g, "dtype") or g.dtype == dtype:
         return g
-    if library_name(g) != library_name(like):
+    if library_name(g) != lib:
         return g  # the op reports the mixed libraries
     xp = get_namespace(g)
-    if xp.isdtype(g.dtype, "real floating") and xp.isdtype(like.dtype, "real floating"):
-        return xp.astype(g, like.dtype)
+    if xp.isdtype(g.dtype, "real floating") and xp.isdtype(dtype, "real floating"):
+        return xp.astype(g, dtype)
     return g
 
 
