@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from helpers import to_np
 
+from backprop_xp import backend as B
 from backprop_xp import nn, optim
 from backprop_xp.backend import library_name
+from backprop_xp.testing import assert_close
 
 torch = pytest.importorskip("torch")
 
@@ -323,3 +325,102 @@ def test_lr_changed_between_steps_carries_on_like_torch():
         assert opt.lr == pytest.approx(t_opt.param_groups[0]["lr"], rel=1e-12), epoch
     with pytest.raises(TypeError, match="StepLR: expected an Optimizer"):
         optim.StepLR(t_opt, 3)
+
+
+# -- state dicts: resume exactly, and move optimizer state between torch and backprop_xp ----
+
+STATEFUL = [
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+    ("Adam", {"lr": 0.01, "amsgrad": True}),
+    ("AdamW", {"lr": 0.01, "betas": (0.8, 0.99)}),
+]
+
+
+def _steps(opts_and_params, rng, n):
+    """``n`` steps with the same random gradients for every (optimizer, params) pair."""
+    for _ in range(n):
+        grads = [rng.standard_normal(s) for s in SHAPES]
+        for opt, params, to_array in opts_and_params:
+            for p, g in zip(params, grads, strict=True):
+                p.grad = to_array(g)
+            opt.step()
+
+
+@pytest.mark.parametrize(("cls", "kw"), STATEFUL)
+def test_state_dict_resumes_exactly(xp, rng, cls, kw):
+    ours, _ = _params(xp, rng)
+    opt = getattr(optim, cls)(ours, **kw)
+    optim.StepLR(opt, 2, gamma=0.5)
+    _steps([(opt, ours, xp.asarray)], rng, 3)
+    # a second run from the saved state: copies of the parameters, a fresh optimizer
+    copies = [nn.Parameter(xp.asarray(p.data, copy=True)) for p in ours]
+    resumed = getattr(optim, cls)(copies, lr=123.0)
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed.lr == opt.lr and resumed.initial_lr == opt.initial_lr
+    seed = int(rng.integers(2**31))
+    _steps([(opt, ours, xp.asarray)], np.random.default_rng(seed), 3)
+    _steps([(resumed, copies, xp.asarray)], np.random.default_rng(seed), 3)
+    for p, q in zip(ours, copies, strict=True):
+        assert_close(q.data, p.data, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("cls", "kw"), STATEFUL)
+def test_state_dict_moves_between_torch_and_ours(rng, cls, kw):
+    ours, theirs = _params(B.namespace("numpy"), rng)
+    opt = getattr(optim, cls)(ours, **kw)
+    t_opt = getattr(torch.optim, cls)(theirs, **kw, foreach=False)
+    _steps([(opt, ours, np.asarray), (t_opt, theirs, torch.tensor)], rng, 3)
+    # torch's state into a fresh optimizer of ours, ours into a fresh torch one
+    from_torch = getattr(optim, cls)([nn.Parameter(p.detach().numpy().copy()) for p in theirs])
+    from_torch.load_state_dict(t_opt.state_dict())
+    to_torch_params = [torch.tensor(p.data, requires_grad=True) for p in ours]
+    to_torch = getattr(torch.optim, cls)(to_torch_params, foreach=False)
+    sd = opt.state_dict()
+    sd["state"] = {
+        i: {k: v if k == "step" or v is None else torch.tensor(v) for k, v in s.items()}
+        for i, s in sd["state"].items()
+    }
+    to_torch.load_state_dict(sd)
+    seed = int(rng.integers(2**31))
+    _steps([(from_torch, from_torch.params, np.asarray)], np.random.default_rng(seed), 2)
+    _steps([(t_opt, theirs, torch.tensor)], np.random.default_rng(seed), 2)
+    _steps([(to_torch, to_torch_params, torch.tensor)], np.random.default_rng(seed), 2)
+    _steps([(opt, ours, np.asarray)], np.random.default_rng(seed), 2)
+    for p, tp, q, tq in zip(from_torch.params, theirs, ours, to_torch_params, strict=True):
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(tq.detach().numpy(), q.data, rtol=1e-12, atol=1e-14)
+
+
+def test_load_state_dict_checks_before_changing_anything():
+    params = [nn.Parameter(np.zeros((2, 3))), nn.Parameter(np.zeros(3))]
+    opt = optim.Adam(params, lr=0.1)
+    for p in params:
+        p.grad = np.ones(p.shape)
+    opt.step()
+    good = opt.state_dict()
+    fresh = optim.Adam(params, lr=0.5)
+    with pytest.raises(
+        ValueError, match=r"Adam\.load_state_dict: .* for 2 parameters, got a group of 1"
+    ):
+        fresh.load_state_dict({"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]})
+    bad = {"state": {0: dict(good["state"][0]), 1: {"step": 1, "exp_avg": np.zeros(4)}},
+           "param_groups": good["param_groups"]}  # fmt: skip
+    with pytest.raises(ValueError, match=r"state 'exp_avg' of parameter 1 expected shape \(3,\)"):
+        fresh.load_state_dict(bad)
+    assert fresh.lr == 0.5 and fresh.state == {}
+
+
+def test_scheduler_state_dict_round_trip():
+    opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=0.2)
+    sched = optim.CosineAnnealingLR(opt, 5)
+    for _ in range(3):
+        sched.step()
+    saved_lr, saved = opt.lr, sched.state_dict()
+    opt2 = optim.SGD([nn.Parameter(np.zeros(1))], lr=opt.lr)
+    opt2.initial_lr = opt.initial_lr
+    sched2 = optim.CosineAnnealingLR(opt2, 99)
+    sched2.load_state_dict(saved)
+    assert "optimizer" not in saved and sched2.T_max == 5 and opt2.lr == saved_lr
+    sched.step()
+    sched2.step()
+    assert opt2.lr == opt.lr

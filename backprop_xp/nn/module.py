@@ -109,7 +109,9 @@ def once(name: str, fn: Callable[..., Any], like: Array | None = None) -> Backpr
     keep a layer's output alive after the next layer has consumed it.
     """
     done = False
-    target = (library_name(like), like.dtype) if hasattr(like, "dtype") else None
+    target = None
+    if like is not None and hasattr(like, "dtype"):
+        target = (library_name(like), like.dtype)
     del like
 
     def backprop(*args: Any, **kwargs: Any) -> Any:

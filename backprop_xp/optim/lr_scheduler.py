@@ -10,6 +10,7 @@ optimizer records ``opt.lr`` at that moment as ``opt.initial_lr`` (torch's
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from .optimizer import Optimizer
 
@@ -42,6 +43,14 @@ class LRScheduler:
         """``[lr]`` as this schedule last set it (a list, one entry per parameter group, as
         torch's; backprop_xp optimizers have one group)."""
         return list(self._last_lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the optimizer (as torch): the epoch counter, ``base_lr``, the last
+        learning rate and the schedule's settings."""
+        return {k: v for k, v in vars(self).items() if k != "optimizer"}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        vars(self).update(state_dict)
 
     def step(self) -> None:
         self.last_epoch += 1

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from ..backend import get_namespace
+from ..backend import device, get_namespace, to_namespace
 from ..nn.module import Module, Parameter
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
@@ -30,7 +30,14 @@ class Optimizer:
     ``lr`` is a plain attribute that learning-rate schedules rewrite. ``initial_lr`` is None
     until the first schedule is attached, which sets it to ``lr`` at that moment (torch's
     ``param_group["initial_lr"]``). Parameters whose ``.grad`` is None are skipped.
+
+    ``state_dict()`` / ``load_state_dict()`` save and restore the per-parameter state
+    (momentum buffers, Adam's moments and step counts) and the hyperparameters in torch's
+    layout, so a run resumes exactly, and torch's optimizer state loads here (and back, once
+    the arrays are made torch tensors).
     """
+
+    _hyper: tuple[str, ...] = ()  # hyperparameters beside lr, as in torch's param group
 
     def __init__(self, params: Module | Iterable[Parameter], lr: float):
         if isinstance(params, Module):
@@ -93,6 +100,69 @@ class Optimizer:
     def _update(self, p: Parameter, state: dict[str, Any], xp: Any) -> None:
         raise NotImplementedError
 
+    def state_dict(self) -> dict[str, Any]:
+        """``{"state": {i: {name: array or int}}, "param_groups": [{"lr": ..., ...,
+        "params": [0, ..., n-1]}]}``, torch's layout, one group; ``i`` is a parameter's
+        position in ``params``. The arrays are the optimizer's own (not copies)."""
+        state = {
+            i: dict(self.state[id(p)]) for i, p in enumerate(self.params) if self.state.get(id(p))
+        }
+        group: dict[str, Any] = {"lr": self.lr}
+        group.update((k, getattr(self, k)) for k in self._hyper)
+        if self.initial_lr is not None:
+            group["initial_lr"] = self.initial_lr
+        group["params"] = list(range(len(self.params)))
+        return {"state": state, "param_groups": [group]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output, or a torch optimizer's ``state_dict()`` for
+        the same parameters in the same order (one param group).
+
+        Arrays of any library are moved to each parameter's library and device and cast to
+        its dtype (a torch ``step`` tensor becomes an int); hyperparameters in the group
+        replace the optimizer's, as in torch. Everything is checked before anything changes.
+        """
+        op = f"{type(self).__name__}.load_state_dict"
+        groups = state_dict.get("param_groups")
+        if not isinstance(groups, (list, tuple)) or len(groups) != 1:
+            raise ValueError(
+                f"{op}: argument 'state_dict' expected one entry in 'param_groups', got "
+                f"{len(groups) if isinstance(groups, (list, tuple)) else type(groups).__name__}"
+            )
+        (group,) = groups
+        ids = list(group.get("params", ()))
+        if len(ids) != len(self.params):
+            raise ValueError(
+                f"{op}: argument 'state_dict' expected state for {len(self.params)} parameters, "
+                f"got a group of {len(ids)}"
+            )
+        saved = state_dict.get("state", {})
+        new_state: dict[int, dict[str, Any]] = {}
+        for i, (pid, p) in enumerate(zip(ids, self.params, strict=True)):
+            entry = saved.get(pid)
+            if not entry:
+                continue
+            xp, dev = get_namespace(p.data), device(p.data)
+            own: dict[str, Any] = {}
+            for key, value in entry.items():
+                if key == "step":
+                    own[key] = int(float(value))  # a host read, at load time only
+                elif value is None:
+                    own[key] = None  # torch's SGD without a momentum buffer yet
+                else:
+                    a = to_namespace(value, xp, dev)
+                    if tuple(a.shape) != p.shape:
+                        raise ValueError(
+                            f"{op}: state '{key}' of parameter {i} expected shape {p.shape}, "
+                            f"got shape {tuple(a.shape)}"
+                        )
+                    own[key] = xp.astype(a, p.dtype, copy=True)
+            new_state[id(p)] = own
+        self.state = new_state
+        for k in ("lr", *self._hyper, "initial_lr"):
+            if k in group:
+                setattr(self, k, tuple(group[k]) if k == "betas" else group[k])
+
 
 class SGD(Optimizer):
     r"""Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
@@ -127,6 +197,7 @@ class SGD(Optimizer):
                 f"momentum={momentum!r}, dampening={dampening!r}"
             )
         super().__init__(params, lr)
+        self._hyper = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
         self.momentum, self.dampening = momentum, dampening
         self.weight_decay, self.nesterov, self.maximize = weight_decay, nesterov, maximize
 
@@ -174,6 +245,7 @@ class Adam(Optimizer):
         _check(name, "betas[1]", betas[1], 0.0 <= betas[1] < 1.0, "in [0, 1)")
         _check(name, "weight_decay", weight_decay, 0.0 <= weight_decay, ">= 0")
         super().__init__(params, lr)
+        self._hyper = ("betas", "eps", "weight_decay", "amsgrad", "maximize")
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
         self.amsgrad, self.maximize = amsgrad, maximize
 
