@@ -641,3 +641,18 @@ def test_backprop_does_not_keep_the_output_alive(build):
     del y
     gc.collect()
     assert ref() is None
+
+
+def test_recurrent_inter_layer_dropout_is_seeded():
+    x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+    outs = []
+    for _ in range(2):
+        layer = nn.LSTM(3, 4, num_layers=2, dropout=0.5, rng=0)
+        (out, _), _ = layer(x)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    nn.manual_seed(1)
+    (a, _), _ = nn.GRU(3, 4, num_layers=2, dropout=0.5)(x)
+    nn.manual_seed(1)
+    (b, _), _ = nn.GRU(3, 4, num_layers=2, dropout=0.5)(x)
+    np.testing.assert_array_equal(a, b)

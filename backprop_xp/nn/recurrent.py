@@ -85,7 +85,6 @@ class _RNNBase(Module):
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
         self.nonlinearity = nonlinearity
         self.dropout = dropout
-        self._dropout = Dropout(dropout) if dropout > 0 else None
         gen = resolve_rng(rng)
         G = _GATES[self._mode] * hidden_size
         D = 2 if bidirectional else 1
@@ -105,6 +104,9 @@ class _RNNBase(Module):
                 if bias:
                     setattr(self, "bias_ih" + sfx, Parameter(uniform(gen, (G,), bound, dtype)))
                     setattr(self, "bias_hh" + sfx, Parameter(uniform(gen, (G,), bound, dtype)))
+        # the inter-layer dropout's seed comes from the same generator, after the weights: a
+        # seeded layer (or nn.manual_seed) gives reproducible masks too
+        self._dropout = Dropout(dropout, rng=int(gen.integers(2**62))) if dropout > 0 else None
 
     @property
     def num_directions(self) -> int:
