@@ -176,6 +176,8 @@ class SGD(Optimizer):
     with weight decay :math:`\lambda`, momentum :math:`\mu`, dampening :math:`\tau`.
     """
 
+    _hyper = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
+
     def __init__(
         self,
         params: Module | Iterable[Parameter],
@@ -197,7 +199,6 @@ class SGD(Optimizer):
                 f"momentum={momentum!r}, dampening={dampening!r}"
             )
         super().__init__(params, lr)
-        self._hyper = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
         self.momentum, self.dampening = momentum, dampening
         self.weight_decay, self.nesterov, self.maximize = weight_decay, nesterov, maximize
 
@@ -226,6 +227,7 @@ class Adam(Optimizer):
     """
 
     _decoupled = False
+    _hyper = ("betas", "eps", "weight_decay", "amsgrad", "maximize")
 
     def __init__(
         self,
@@ -245,7 +247,6 @@ class Adam(Optimizer):
         _check(name, "betas[1]", betas[1], 0.0 <= betas[1] < 1.0, "in [0, 1)")
         _check(name, "weight_decay", weight_decay, 0.0 <= weight_decay, ">= 0")
         super().__init__(params, lr)
-        self._hyper = ("betas", "eps", "weight_decay", "amsgrad", "maximize")
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
         self.amsgrad, self.maximize = amsgrad, maximize
 
