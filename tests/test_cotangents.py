@@ -153,3 +153,16 @@ def test_python_default_float_loss_gradient_on_torch():
     np.testing.assert_allclose(
         to_np(dx), to_np(F.cross_entropy_backward(torch.ones_like(loss), cache)[0])
     )
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_cotangent_from_another_library_is_named(rng, case):
+    """A torch gradient for a NumPy forward: one error naming both libraries, never a cast to
+    the other library's dtype or a silent mix."""
+    torch = pytest.importorskip("torch")
+    from backprop_xp import backend as B
+
+    outs, cache, backward, _ = _run(B.namespace("numpy"), rng, case)
+    cot = [torch.ones(tuple(o.shape), dtype=torch.float32) for o in outs]
+    with pytest.raises(TypeError, match=r"different libraries: '\w+' is a torch array"):
+        _call(backward, cot, cache)

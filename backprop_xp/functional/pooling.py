@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import array_api_extra as xpx
 
 from ..backend import device, get_namespace
-from ._validation import check_cotangent, check_floating, shape_error
+from ._validation import check_floating, cotangent_namespace, shape_error
 from ._windows import Window, as_tuple, make_window, pad_spatial
 
 __all__ = [
@@ -95,12 +95,18 @@ def _batch(xp: ModuleType, dy: Array, unbatched: bool, nd: int, op: str) -> Arra
     return dy
 
 
+def _like(xp: ModuleType, x: Array) -> Array:
+    """A zero-size array of ``x``'s library, dtype and device: what the backward checks its
+    gradient against (no data kept)."""
+    return xp.empty((0,), dtype=x.dtype, device=device(x))
+
+
 def _check_dy(
-    op: str, dy: Array, x_shape: tuple[int, ...], win: Window, unbatched: bool, dtype: Any
-) -> Array:
+    op: str, dy: Array, x_shape: tuple[int, ...], win: Window, unbatched: bool, like: Array
+) -> tuple[ModuleType, Array]:
     """``dy`` of the (batched) forward output's shape (without N for unbatched input)."""
     shape = (*x_shape[:2], *win.out_size)
-    return check_cotangent(op, "dy", dy, shape[1:] if unbatched else shape, dtype)
+    return cotangent_namespace(op, dy, like, shape[1:] if unbatched else shape, like.dtype)
 
 
 def _axis_index(win: Window, axis: int, offset: int) -> tuple[Any, ...]:
@@ -136,7 +142,7 @@ class MaxPoolCache(NamedTuple):
     x_shape: tuple[int, ...]
     win: Window
     unbatched: bool
-    dtype: Any
+    like: Array  # zero-size, of the output's library, dtype and device (for the backward's check)
 
 
 def _max_pool_nd(
@@ -189,15 +195,14 @@ def _max_pool_nd(
     if win.n_offsets == 1:
         y = xp.asarray(y, copy=True)  # a 1-element window: never hand back a view of x
     return _unbatch(y, unbatched), MaxPoolCache(
-        tuple(argmax), tuple(x.shape), win, unbatched, x.dtype
+        tuple(argmax), tuple(x.shape), win, unbatched, _like(xp, x)
     )
 
 
 def _max_pool_nd_backward(dy: Array, cache: MaxPoolCache, op: str) -> tuple[Array]:
-    argmax, x_shape, win, unbatched, dtype = cache
+    argmax, x_shape, win, unbatched, like = cache
     nd = len(win.in_size)
-    dy = _check_dy(op, dy, x_shape, win, unbatched, dtype)
-    xp = get_namespace(dy, op=op, names=("dy",))
+    xp, dy = _check_dy(op, dy, x_shape, win, unbatched, like)
     dy = _batch(xp, dy, unbatched, nd, op)
     # Undo the per-axis poolings in reverse order (first axis first): each routes its
     # gradient to the offset that won along its axis.
@@ -323,7 +328,7 @@ class AvgPoolCache(NamedTuple):
     x_shape: tuple[int, ...]
     win: Window
     unbatched: bool
-    dtype: Any
+    like: Array  # zero-size, of the output's library, dtype and device (for the backward's check)
 
 
 def _inv_counts(
@@ -394,13 +399,12 @@ def _avg_pool_nd(
             total = total + v
     inv = _inv_counts(xp, win, pad, count_include_pad, x)
     y = total * inv  # a new array even for a 1-element window
-    return _unbatch(y, unbatched), AvgPoolCache(inv, tuple(x.shape), win, unbatched, x.dtype)
+    return _unbatch(y, unbatched), AvgPoolCache(inv, tuple(x.shape), win, unbatched, _like(xp, x))
 
 
 def _avg_pool_nd_backward(dy: Array, cache: AvgPoolCache, op: str) -> tuple[Array]:
-    inv, x_shape, win, unbatched, dtype = cache
-    dy = _check_dy(op, dy, x_shape, win, unbatched, dtype)
-    xp = get_namespace(dy, op=op, names=("dy",))
+    inv, x_shape, win, unbatched, like = cache
+    xp, dy = _check_dy(op, dy, x_shape, win, unbatched, like)
     dy = _batch(xp, dy, unbatched, len(win.in_size), op)
     g = dy * inv
     for axis in range(len(win.in_size)):  # undo the per-axis sums, first axis first
@@ -515,7 +519,7 @@ for _nd, _sp, _out in (
 
 class GlobalAvgPoolCache(NamedTuple):
     x_shape: tuple[int, ...]
-    dtype: Any
+    like: Array  # zero-size, of the output's library, dtype and device (for the backward's check)
 
 
 def global_avg_pool(x: Array, /) -> tuple[Array, GlobalAvgPoolCache]:
@@ -543,13 +547,15 @@ def global_avg_pool(x: Array, /) -> tuple[Array, GlobalAvgPoolCache]:
         raise shape_error(
             "global_avg_pool", "x", "an array (N, C, *S) with >= 3 axes", tuple(x.shape)
         )
-    return xp.mean(x, axis=tuple(range(2, x.ndim))), GlobalAvgPoolCache(tuple(x.shape), x.dtype)
+    return xp.mean(x, axis=tuple(range(2, x.ndim))), GlobalAvgPoolCache(
+        tuple(x.shape), _like(xp, x)
+    )
 
 
 def global_avg_pool_backward(dy: Array, cache: GlobalAvgPoolCache, /) -> tuple[Array]:
     shape = cache.x_shape
-    dy = check_cotangent("global_avg_pool_backward", "dy", dy, shape[:2], cache.dtype)
-    xp = get_namespace(dy, op="global_avg_pool_backward", names=("dy",))
+    op = "global_avg_pool_backward"
+    xp, dy = cotangent_namespace(op, dy, cache.like, shape[:2], cache.like.dtype)
     nd = len(shape) - 2
     share = xp.reshape(dy / math.prod(shape[2:]), (*shape[:2], *(1,) * nd))
     # one write of the input-sized result (zeros + share would write it twice)
@@ -565,7 +571,7 @@ def _flatten_axis(name: str, axis: int, ndim: int) -> int:
 class FlattenCache(NamedTuple):
     x_shape: tuple[int, ...]
     y_shape: tuple[int, ...]
-    dtype: Any
+    like: Array  # zero-size, of the output's library, dtype and device (for the backward's check)
 
 
 def flatten(x: Array, /, start_axis: int = 1, end_axis: int = -1) -> tuple[Array, FlattenCache]:
@@ -586,13 +592,13 @@ def flatten(x: Array, /, start_axis: int = 1, end_axis: int = -1) -> tuple[Array
         )
     shape = tuple(x.shape)
     if x.ndim == 0:
-        return xp.reshape(x, (1,)), FlattenCache(shape, (1,), x.dtype)
+        return xp.reshape(x, (1,)), FlattenCache(shape, (1,), _like(xp, x))
     merged = math.prod(shape[start : end + 1])
     y_shape = (*shape[:start], merged, *shape[end + 1 :])
-    return xp.reshape(x, y_shape), FlattenCache(shape, y_shape, x.dtype)
+    return xp.reshape(x, y_shape), FlattenCache(shape, y_shape, _like(xp, x))
 
 
 def flatten_backward(dy: Array, cache: FlattenCache, /) -> tuple[Array]:
-    dy = check_cotangent("flatten_backward", "dy", dy, cache.y_shape, cache.dtype)
-    xp = get_namespace(dy, op="flatten_backward", names=("dy",))
+    like = cache.like
+    xp, dy = cotangent_namespace("flatten_backward", dy, like, cache.y_shape, like.dtype)
     return (xp.reshape(dy, cache.x_shape),)

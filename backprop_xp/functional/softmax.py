@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..backend import get_namespace
-from ._validation import check_cotangent, check_floating, cotangent_namespace, normalize_axis
+from ..backend import device, get_namespace
+from ._validation import check_floating, cotangent_namespace, normalize_axis
 
 __all__ = [
     "log_softmax",
@@ -102,7 +102,7 @@ def log_softmax_backward(dy: Array, cache: LogSoftmaxCache, /) -> tuple[Array]:
 
 class SigmoidAsSoftmaxCache(NamedTuple):
     shape: tuple[int, ...]  # of z
-    dtype: Any
+    like: Array  # zero-size, of z's library, dtype and device (for the backward's check)
 
 
 def sigmoid_as_softmax_logits(z: Array, /) -> tuple[Array, SigmoidAsSoftmaxCache]:
@@ -124,7 +124,9 @@ def sigmoid_as_softmax_logits(z: Array, /) -> tuple[Array, SigmoidAsSoftmaxCache
     xp = get_namespace(z, op="sigmoid_as_softmax_logits", names=("z",))
     check_floating("sigmoid_as_softmax_logits", "z", z, xp)
     logits = xp.stack([z, xp.zeros_like(z)], axis=-1)
-    return logits, SigmoidAsSoftmaxCache(tuple(z.shape), z.dtype)
+    return logits, SigmoidAsSoftmaxCache(
+        tuple(z.shape), xp.empty((0,), dtype=z.dtype, device=device(z))
+    )
 
 
 def sigmoid_as_softmax_logits_backward(
@@ -132,6 +134,5 @@ def sigmoid_as_softmax_logits_backward(
 ) -> tuple[Array]:
     shape = (*cache.shape, 2)
     op = "sigmoid_as_softmax_logits_backward"
-    dlogits = check_cotangent(op, "dlogits", dlogits, shape, cache.dtype)
-    get_namespace(dlogits, op=op, names=("dlogits",))
+    _, dlogits = cotangent_namespace(op, dlogits, cache.like, shape, cache.like.dtype, "dlogits")
     return (dlogits[..., 0],)
