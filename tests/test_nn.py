@@ -656,3 +656,10 @@ def test_recurrent_inter_layer_dropout_is_seeded():
     nn.manual_seed(1)
     (b, _), _ = nn.GRU(3, 4, num_layers=2, dropout=0.5)(x)
     np.testing.assert_array_equal(a, b)
+
+
+def test_flatten_layer_takes_torchs_keywords():
+    x = np.zeros((2, 3, 4, 5), dtype=np.float32)
+    assert nn.Flatten(start_dim=2)(x)[0].shape == (2, 3, 20)
+    if torch is not None:
+        assert tuple(torch.nn.Flatten(start_dim=2)(torch.zeros(2, 3, 4, 5)).shape) == (2, 3, 20)

@@ -445,3 +445,11 @@ def test_cnn_head_needs_nothing_else(xp, rng):
     w = xp.asarray(rng.standard_normal((3, 2, 3, 3)))
     wl = xp.asarray(rng.standard_normal((2, 3)))
     gradcheck(head, [x, w, wl], backward=head_backward)
+
+
+def test_flatten_takes_torchs_keywords(xp):
+    x = xp.asarray(np.zeros((2, 3, 4, 5)))
+    assert tuple(F.flatten(x, start_dim=2)[0].shape) == (2, 3, 20)
+    assert tuple(F.flatten(x, start_dim=0, end_dim=1)[0].shape) == (6, 4, 5)
+    with pytest.raises(TypeError, match="flatten: got both 'start_axis' and torch's name"):
+        F.flatten(x, start_axis=2, start_dim=2)

@@ -133,3 +133,12 @@ def test_two_class_softmax_is_many_to_one(xp, rng):
 
 def test_sigmoid_as_softmax_logits_gradcheck(xp, rng):
     gradcheck(F.sigmoid_as_softmax_logits, [xp.asarray(rng.standard_normal((3, 2)))])
+
+
+@pytest.mark.parametrize("op", [F.softmax, F.log_softmax])
+def test_torch_keyword_dim(xp, rng, op):
+    """``dim=`` as torch code writes it: F.softmax(x, dim=1)."""
+    x = xp.asarray(rng.standard_normal((3, 4)))
+    assert_close(op(x, dim=0)[0], op(x, axis=0)[0], rtol=0, atol=0)
+    with pytest.raises(TypeError, match=rf"{op.__name__}: got both 'axis' and torch's name"):
+        op(x, axis=0, dim=1)

@@ -90,6 +90,16 @@ def normalize_axis(op: str, axis: int, ndim: int) -> int:
     return int(axis) % n
 
 
+def torch_alias(op: str, name: str, value: Any, default: Any, alias: str, given: Any) -> Any:
+    """``given`` when the caller used torch's keyword ``alias`` (``dim=`` for ``axis=``), else
+    ``value``; both at once is a TypeError."""
+    if given is None:
+        return value
+    if value != default:
+        raise TypeError(f"{op}: got both '{name}' and torch's name for it, '{alias}'")
+    return given
+
+
 def check_choice(op: str, name: str, value: object, choices: Sequence[object]) -> None:
     if value not in choices:
         raise ValueError(f"{op}: argument '{name}' expected one of {list(choices)}, got {value!r}")

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import array_api_extra as xpx
 
 from ..backend import device, get_namespace
-from ._validation import check_floating, cotangent_namespace, shape_error
+from ._validation import check_floating, cotangent_namespace, shape_error, torch_alias
 from ._windows import Window, as_tuple, make_window, pad_spatial
 
 __all__ = [
@@ -574,13 +574,24 @@ class FlattenCache(NamedTuple):
     like: Array  # zero-size, of the output's library, dtype and device (for the backward's check)
 
 
-def flatten(x: Array, /, start_axis: int = 1, end_axis: int = -1) -> tuple[Array, FlattenCache]:
-    """Merge axes ``start_axis..end_axis`` (inclusive) into one, as ``torch.flatten``.
+def flatten(
+    x: Array,
+    /,
+    start_axis: int = 1,
+    end_axis: int = -1,
+    *,
+    start_dim: int | None = None,
+    end_dim: int | None = None,
+) -> tuple[Array, FlattenCache]:
+    """Merge axes ``start_axis..end_axis`` (inclusive) into one, as ``torch.flatten``
+    (whose names ``start_dim=`` and ``end_dim=`` are accepted too).
 
     The default keeps the batch axis: ``(N, C, H, W) -> (N, C*H*W)``. Backward reshapes
     the gradient back, ``(dx,)``.
     """
     xp = get_namespace(x, op="flatten", names=("x",))
+    start_axis = torch_alias("flatten", "start_axis", start_axis, 1, "start_dim", start_dim)
+    end_axis = torch_alias("flatten", "end_axis", end_axis, -1, "end_dim", end_dim)
     ndim = max(x.ndim, 1)
     start, end = (
         _flatten_axis(name, a, ndim)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import device, get_namespace
-from ._validation import check_floating, cotangent_namespace, normalize_axis
+from ._validation import check_floating, cotangent_namespace, normalize_axis, torch_alias
 
 __all__ = [
     "log_softmax",
@@ -24,7 +24,7 @@ class SoftmaxCache(NamedTuple):
     axis: int
 
 
-def softmax(x: Array, /, axis: int = -1) -> tuple[Array, SoftmaxCache]:
+def softmax(x: Array, /, axis: int = -1, *, dim: int | None = None) -> tuple[Array, SoftmaxCache]:
     r"""Softmax along ``axis``: :math:`y_i = e^{x_i - m} / \sum_j e^{x_j - m}`, :math:`m = \max_j x_j`.
 
     Subtracting the maximum changes nothing mathematically and keeps :math:`e^{x - m} \le 1`,
@@ -34,7 +34,7 @@ def softmax(x: Array, /, axis: int = -1) -> tuple[Array, SoftmaxCache]:
     ----------
     x : array, any shape, real floating
     axis : int
-        The axis that sums to one (torch's ``dim``).
+        The axis that sums to one; ``dim=`` (torch's name) is accepted too.
 
     Returns
     -------
@@ -47,7 +47,7 @@ def softmax(x: Array, /, axis: int = -1) -> tuple[Array, SoftmaxCache]:
     """
     xp = get_namespace(x, op="softmax", names=("x",))
     check_floating("softmax", "x", x, xp)
-    axis = normalize_axis("softmax", axis, x.ndim)
+    axis = normalize_axis("softmax", torch_alias("softmax", "axis", axis, -1, "dim", dim), x.ndim)
     if x.ndim == 0 or x.shape[axis] == 0:
         # one element: exp(x - x) is 1, or NaN for NaN and ±inf as in torch; no elements:
         # an empty result (max over nothing has no value)
@@ -71,7 +71,9 @@ class LogSoftmaxCache(NamedTuple):
     axis: int
 
 
-def log_softmax(x: Array, /, axis: int = -1) -> tuple[Array, LogSoftmaxCache]:
+def log_softmax(
+    x: Array, /, axis: int = -1, *, dim: int | None = None
+) -> tuple[Array, LogSoftmaxCache]:
     r"""Log-softmax along ``axis``: :math:`y_i = x_i - m - \log \sum_j e^{x_j - m}`.
 
     Computed directly (never as ``log(softmax(x))``), so it stays finite where the softmax
@@ -83,6 +85,7 @@ def log_softmax(x: Array, /, axis: int = -1) -> tuple[Array, LogSoftmaxCache]:
     """
     xp = get_namespace(x, op="log_softmax", names=("x",))
     check_floating("log_softmax", "x", x, xp)
+    axis = torch_alias("log_softmax", "axis", axis, -1, "dim", dim)
     axis = normalize_axis("log_softmax", axis, x.ndim)
     if x.ndim == 0 or x.shape[axis] == 0:  # 0, or NaN for NaN and ±inf, as in torch
         y = x - x

@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import functional as F
 from ..backend import device, get_namespace, random_uniform
+from ..functional._validation import torch_alias
 from .init import RNG, kaiming_uniform, resolve_rng, uniform
 from .module import Backprop, Module, OpLayer, Parameter, once
 
@@ -174,13 +175,23 @@ class Identity(Module):
 
 
 class Flatten(OpLayer):
-    """Merge axes ``start_axis..end_axis`` into one (torch's ``nn.Flatten``, ``dim`` → ``axis``)."""
+    """Merge axes ``start_axis..end_axis`` into one (torch's ``nn.Flatten``, whose names
+    ``start_dim=`` and ``end_dim=`` are accepted too)."""
 
     _op = "flatten"
 
-    def __init__(self, start_axis: int = 1, end_axis: int = -1):
+    def __init__(
+        self,
+        start_axis: int = 1,
+        end_axis: int = -1,
+        *,
+        start_dim: int | None = None,
+        end_dim: int | None = None,
+    ):
         super().__init__()
-        self.start_axis, self.end_axis = start_axis, end_axis
+        op = "Flatten"
+        self.start_axis = torch_alias(op, "start_axis", start_axis, 1, "start_dim", start_dim)
+        self.end_axis = torch_alias(op, "end_axis", end_axis, -1, "end_dim", end_dim)
 
     def _options(self) -> dict[str, Any]:
         return {"start_axis": self.start_axis, "end_axis": self.end_axis}
