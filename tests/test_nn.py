@@ -663,3 +663,21 @@ def test_flatten_layer_takes_torchs_keywords():
     assert nn.Flatten(start_dim=2)(x)[0].shape == (2, 3, 20)
     if torch is not None:
         assert tuple(torch.nn.Flatten(start_dim=2)(torch.zeros(2, 3, 4, 5)).shape) == (2, 3, 20)
+
+
+def test_conv_layer_checks_its_geometry_when_built_as_torch():
+    layer = nn.Conv2d(3, 4, 3, stride=2, padding=1, rng=0)
+    assert (layer.stride, layer.padding, layer.dilation) == ((2, 2), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match=r"Conv2d: argument 'padding' expected an int, a tuple"):
+        nn.Conv2d(3, 4, 3, padding="foo")
+    with pytest.raises(ValueError, match=r"Conv1d: argument 'stride' expected positive sizes"):
+        nn.Conv1d(3, 4, 3, stride=0)
+    with pytest.raises(ValueError, match=r"Conv3d: argument 'padding' expected 'same' only"):
+        nn.Conv3d(3, 4, 3, stride=2, padding="same")
+    if torch is not None:
+        theirs = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        assert (theirs.stride, theirs.padding, theirs.dilation) == (
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+        )

@@ -57,7 +57,26 @@ class _ConvNd(Module):
         self.kernel_size = as_tuple(
             type(self).__name__, "kernel_size", kernel_size, self._nd, minimum=1
         )
-        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        # checked and stored as tuples when the layer is built, as torch does
+        nd = self._nd
+        self.stride = as_tuple(name, "stride", stride, nd, minimum=1)
+        self.dilation = as_tuple(name, "dilation", dilation, nd, minimum=1)
+        self.padding: tuple[int, ...] | str
+        if isinstance(padding, str):
+            if padding not in ("valid", "same"):
+                raise ValueError(
+                    f"{name}: argument 'padding' expected an int, a tuple, 'valid' or 'same', "
+                    f"got {padding!r}"
+                )
+            if padding == "same" and any(v != 1 for v in self.stride):
+                raise ValueError(
+                    f"{name}: argument 'padding' expected 'same' only with stride 1, got "
+                    f"stride {self.stride}"
+                )
+            self.padding = padding
+        else:
+            self.padding = as_tuple(name, "padding", padding, nd, minimum=0)
+        self.groups = groups
         fan_in = (in_channels // groups) * math.prod(self.kernel_size)
         gen = resolve_rng(rng)
         shape = (out_channels, in_channels // groups, *self.kernel_size)
