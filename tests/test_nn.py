@@ -445,7 +445,9 @@ def test_load_state_dict_reports_everything_at_once():
     for k, v in model.state_dict().items():  # nothing was loaded
         np.testing.assert_array_equal(v, before[k])
     partial = {k: v for k, v in state.items() if k != "0.bias"}
-    model.load_state_dict(partial | {"junk": np.zeros(1)}, strict=False)
+    missing, unexpected = model.load_state_dict(partial | {"junk": np.zeros(1)}, strict=False)
+    assert (missing, unexpected) == (["0.bias"], ["junk"])  # torch's (missing, unexpected)
+    assert model.load_state_dict(state) == nn.IncompatibleKeys([], [])
 
 
 def test_load_state_dict_copies(xp):

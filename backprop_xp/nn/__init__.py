@@ -21,11 +21,12 @@ from .layers import *  # noqa: F403
 from .layers import __all__ as _layers_all
 from .loss import *  # noqa: F403
 from .loss import __all__ as _loss_all
-from .module import Module, Parameter, Sequential, StateDictError
+from .module import IncompatibleKeys, Module, Parameter, Sequential, StateDictError
 from .recurrent import *  # noqa: F403
 from .recurrent import __all__ as _recurrent_all
 
 __all__ = [
+    "IncompatibleKeys",
     "Module",
     "Parameter",
     "Sequential",

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import functional as F
 from ..backend import device as device_of
 from ..backend import get_namespace, library_name, namespace, to_namespace
 
-__all__ = ["Module", "Parameter", "Sequential", "StateDictError"]
+__all__ = ["IncompatibleKeys", "Module", "Parameter", "Sequential", "StateDictError"]
 
 Array = Any
 Backprop = Callable[..., Any]
@@ -78,6 +78,14 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, lib={library_name(self.data)})"
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict`` returns, as torch's: the keys it did not find and the keys it
+    did not use (both empty after a strict load)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
 
 
 class StateDictError(ValueError):
@@ -271,13 +279,16 @@ class Module:
         """
         return {name: p.data for name, p in self.named_parameters(remove_duplicate=False)}
 
-    def load_state_dict(self, state_dict: Mapping[str, Array], strict: bool = True) -> Module:
+    def load_state_dict(
+        self, state_dict: Mapping[str, Array], strict: bool = True
+    ) -> IncompatibleKeys:
         """Copy arrays from ``state_dict`` (any library: NumPy, torch, ...) into the parameters.
 
         Arrays are moved to each parameter's library and device. Every missing, unexpected or
         mismatched (shape or dtype) key is collected and reported in one
         :class:`StateDictError`; nothing is loaded unless everything fits. ``strict=False``
-        tolerates missing and unexpected keys (mismatches still raise).
+        tolerates missing and unexpected keys (mismatches still raise). Returns the missing
+        and unexpected keys, as torch's ``(missing_keys, unexpected_keys)``.
         """
         own = dict(self.named_parameters(remove_duplicate=False))
         missing = [k for k in own if k not in state_dict]
@@ -303,7 +314,7 @@ class Module:
                 new = to_namespace(state_dict[k], xp, device_of(p.data))
                 # a fresh array, never a view into the caller's (or the file's) buffer
                 p.data = xp.asarray(new, copy=True)
-        return self
+        return IncompatibleKeys(missing, unexpected)
 
     def to(
         self,
