@@ -683,3 +683,15 @@ def test_conv_layer_checks_its_geometry_when_built_as_torch():
             layer.padding,
             layer.dilation,
         )
+
+
+def test_sequential_slice_is_a_sequential_with_torchs_names():
+    model = nn.Sequential(nn.Linear(3, 4, rng=0), nn.ReLU(), nn.Linear(4, 2, rng=0))
+    head = model[1:]
+    assert isinstance(head, nn.Sequential) and list(head.state_dict()) == ["2.weight", "2.bias"]
+    x = np.ones((2, 3), dtype=np.float32)
+    h, _ = model[0](x)
+    np.testing.assert_array_equal(head(h)[0], model(x)[0])
+    if torch is not None:
+        theirs = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        assert list(theirs[1:].state_dict()) == list(head.state_dict())

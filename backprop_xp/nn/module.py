@@ -406,7 +406,14 @@ class Sequential(Module):
     def __len__(self) -> int:
         return len(self._modules)
 
-    def __getitem__(self, i: int) -> Module:
+    def __getitem__(self, i: int | slice) -> Module:
+        """The ``i``-th layer; a slice is a Sequential of those layers under their names
+        (torch's: ``model[1:3]`` has children ``"1"`` and ``"2"``)."""
+        if isinstance(i, slice):
+            part = Sequential()
+            for name, layer in list(self._modules.items())[i]:
+                setattr(part, name, layer)
+            return part
         return list(self._modules.values())[i]
 
     def __iter__(self) -> Iterator[Module]:
