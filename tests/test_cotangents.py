@@ -135,12 +135,25 @@ def test_cotangent_of_a_wrong_shape_is_an_error(xp, rng, case):
 
 @pytest.mark.parametrize(
     "case",
-    ["softmax", "linear", "cross_entropy", "conv2d", "max_pool2d", "sigmoid_as_softmax_logits"],
+    [
+        "softmax",
+        "linear",
+        "cross_entropy",
+        "conv2d",
+        "max_pool2d",
+        "flatten",
+        "global_avg_pool",
+        "sigmoid_as_softmax_logits",
+    ],
 )
 def test_cotangent_must_be_an_array(xp, rng, case):
-    _, cache, backward, names = _run(xp, rng, case)
+    outs, cache, backward, names = _run(xp, rng, case)
     with pytest.raises(TypeError, match=rf"argument '{names[0]}' expected an array, got float"):
         backward(1.0, cache)
+    if outs[0].ndim:
+        listed = np.ones(tuple(outs[0].shape)).tolist()
+        with pytest.raises(TypeError, match=rf"'{names[0]}' expected an array, got list"):
+            backward(listed, cache)
 
 
 def test_python_default_float_loss_gradient_on_torch():

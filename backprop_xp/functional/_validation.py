@@ -38,6 +38,11 @@ def check_same_dtype(op: str, name: str, x: Array, like_name: str, like: Array) 
         )
 
 
+def check_is_array(op: str, name: str, g: Any) -> None:
+    if not (hasattr(g, "shape") and hasattr(g, "dtype")):
+        raise TypeError(f"{op}: argument '{name}' expected an array, got {type(g).__name__}")
+
+
 def check_cotangent(op: str, name: str, g: Any, shape: tuple[int, ...], dtype: Any = None) -> Array:
     """A backward's incoming gradient: an array of the forward output's shape, returned in
     the output's dtype.
@@ -47,8 +52,7 @@ def check_cotangent(op: str, name: str, g: Any, shape: tuple[int, ...], dtype: A
     float64 ``dy`` (or a Python-default ``ones``) for a float32 forward gives float32
     gradients, not float64 ones.
     """
-    if not (hasattr(g, "shape") and hasattr(g, "dtype")):
-        raise TypeError(f"{op}: argument '{name}' expected an array, got {type(g).__name__}")
+    check_is_array(op, name, g)
     if tuple(g.shape) != tuple(shape):
         raise shape_error(
             op, name, f"shape {tuple(shape)} (the forward output's)", f"shape {tuple(g.shape)}"
@@ -63,6 +67,7 @@ def cotangent_namespace(
 ) -> tuple[ModuleType, Array]:
     """The namespace of a backward's incoming gradient ``g`` and its cache array ``ref``,
     and ``g`` after :func:`check_cotangent`."""
+    check_is_array(op, name, g)  # before get_namespace, whose message would not say it
     xp = get_namespace(g, ref, op=op, names=(name, "cache"))
     return xp, check_cotangent(op, name, g, shape, dtype)
 

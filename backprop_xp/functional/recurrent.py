@@ -52,6 +52,7 @@ from ._validation import (
     check_cotangent,
     check_floating,
     check_integer,
+    check_is_array,
     check_ndim,
     shape_error,
 )
@@ -169,6 +170,9 @@ def _unpack_grads(
             f"None allowed), got {type(grad).__name__}"
             + (f" of length {len(grad)}" if isinstance(grad, (tuple, list)) else "")
         )
+    for name, g in zip(names, grad, strict=True):
+        if g is not None:
+            check_is_array(op, name, g)
     get_namespace(*grad, ref, op=op, names=(*names, "cache"))
     return tuple(
         None if g is None else check_cotangent(op, name, g, shape, ref.dtype)
