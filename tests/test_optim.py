@@ -424,3 +424,61 @@ def test_scheduler_state_dict_round_trip():
     sched.step()
     sched2.step()
     assert opt2.lr == opt.lr
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (lambda o: optim.StepLR(o, 2, 0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.5)),
+        (lambda o: optim.CosineAnnealingLR(o, 3), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 3)),
+    ],
+)  # fmt: skip
+def test_scheduler_state_dict_moves_between_torch_and_ours(ours, theirs):
+    """Resume torch's schedule here and ours in torch: the next learning rates agree."""
+    t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    t_sched = theirs(t_opt)
+    opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=0.1)
+    sched = ours(opt)
+    for _ in range(3):
+        t_opt.step()
+        t_sched.step()
+        sched.step()
+    mine = optim.SGD([nn.Parameter(np.zeros(1))], lr=7.0)
+    mine_sched = ours(mine)
+    mine.load_state_dict(t_opt.state_dict())
+    mine_sched.load_state_dict(t_sched.state_dict())
+    t_mine = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=7.0)
+    t_mine_sched = theirs(t_mine)
+    t_mine.load_state_dict(opt.state_dict())
+    t_mine_sched.load_state_dict(sched.state_dict())
+    for _ in range(5):
+        for s in (t_sched, mine_sched, t_mine_sched, sched):
+            s.step()
+        expected = t_opt.param_groups[0]["lr"]
+        assert mine.lr == pytest.approx(expected, rel=1e-12)
+        assert t_mine.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_optimizer_load_state_dict_refuses_mismatches_and_changes_nothing():
+    params = [nn.Parameter(np.zeros(3))]
+    t_adam = torch.optim.Adam([torch.zeros(3, requires_grad=True)], decoupled_weight_decay=True)
+    with pytest.raises(ValueError, match="decoupled_weight_decay=True, this optimizer False"):
+        optim.Adam(params).load_state_dict(t_adam.state_dict())
+    optim.AdamW(params).load_state_dict(t_adam.state_dict())  # the same algorithm
+    opt = optim.Adam(params, lr=0.5)
+    sd = {
+        "state": {"0": {"step": 2, "exp_avg": np.ones(3), "exp_avg_sq": np.ones(3)}},
+        "param_groups": [{"lr": 0.1, "betas": None, "params": [0]}],
+    }
+    with pytest.raises(ValueError, match="'betas' expected two numbers, got None"):
+        opt.load_state_dict(sd)
+    assert opt.lr == 0.5 and opt.state == {}
+    sd["param_groups"][0]["betas"] = [0.8, 0.9]
+    opt.load_state_dict(sd)  # string state keys, as after JSON
+    assert opt.betas == (0.8, 0.9) and opt.state[id(params[0])]["step"] == 2
+    sd["state"]["0"]["momentum_buffer"] = np.ones(3)
+    with pytest.raises(ValueError, match=r"expected keys among .* got \['momentum_buffer'\]"):
+        optim.Adam(params).load_state_dict(sd)
+    sd["state"]["0"] = {"step": "x"}
+    with pytest.raises(ValueError, match="state 'step' of parameter 0 expected a number"):
+        optim.Adam(params).load_state_dict(sd)

@@ -45,12 +45,27 @@ class LRScheduler:
         return list(self._last_lr)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything but the optimizer (as torch): the epoch counter, ``base_lr``, the last
-        learning rate and the schedule's settings."""
-        return {k: v for k, v in vars(self).items() if k != "optimizer"}
+        """The schedule's settings, ``base_lrs``, ``last_epoch``, ``_step_count`` and
+        ``_last_lr`` under torch's keys (one group), so torch's scheduler of the same kind
+        loads it, and :meth:`load_state_dict` loads torch's."""
+        own = {k: v for k, v in vars(self).items() if k not in ("optimizer", "base_lr")}
+        return {**own, "base_lrs": [self.base_lr], "_step_count": self.last_epoch + 1}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        vars(self).update(state_dict)
+        """Restore :meth:`state_dict`'s output or a torch scheduler's ``state_dict()`` (the
+        same kind of schedule, one group); torch's bookkeeping keys are ignored."""
+        op = f"{type(self).__name__}.load_state_dict"
+        own = {k for k in vars(self) if k not in ("optimizer", "base_lr")}
+        missing = sorted(own - set(state_dict))
+        if missing or len(state_dict.get("base_lrs", ())) != 1:
+            raise ValueError(
+                f"{op}: argument 'state_dict' expected the keys {sorted(own)} and one entry in "
+                f"'base_lrs', got keys {sorted(state_dict)}"
+            )
+        for k in own:
+            setattr(self, k, state_dict[k])
+        self.base_lr = state_dict["base_lrs"][0]
+        self._last_lr = list(self._last_lr)
 
     def step(self) -> None:
         self.last_epoch += 1

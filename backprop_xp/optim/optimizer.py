@@ -136,32 +136,64 @@ class Optimizer:
                 f"{op}: argument 'state_dict' expected state for {len(self.params)} parameters, "
                 f"got a group of {len(ids)}"
             )
+        hyper = {k: group[k] for k in ("lr", *self._hyper, "initial_lr") if k in group}
+        for k in self._fixed:  # what the class itself decides (Adam's L2 or AdamW's decay)
+            if k in hyper and bool(hyper.pop(k)) != bool(getattr(self, k)):
+                raise ValueError(
+                    f"{op}: the state dict has {k}={group[k]!r}, this optimizer "
+                    f"{getattr(self, k)!r} (Adam with decoupled weight decay is AdamW here)"
+                )
+        if "betas" in hyper:
+            hyper["betas"] = self._pair(op, hyper["betas"])
         saved = state_dict.get("state", {})
         new_state: dict[int, dict[str, Any]] = {}
         for i, (pid, p) in enumerate(zip(ids, self.params, strict=True)):
-            entry = saved.get(pid)
-            if not entry:
-                continue
-            xp, dev = get_namespace(p.data), device(p.data)
-            own: dict[str, Any] = {}
-            for key, value in entry.items():
-                if key == "step":
-                    own[key] = int(float(value))  # a host read, at load time only
-                elif value is None:
-                    own[key] = None  # torch's SGD without a momentum buffer yet
-                else:
-                    a = to_namespace(value, xp, dev)
-                    if tuple(a.shape) != p.shape:
-                        raise ValueError(
-                            f"{op}: state '{key}' of parameter {i} expected shape {p.shape}, "
-                            f"got shape {tuple(a.shape)}"
-                        )
-                    own[key] = xp.astype(a, p.dtype, copy=True)
-            new_state[id(p)] = own
+            entry = saved.get(pid, saved.get(str(pid)))  # str: keys that went through JSON
+            if entry:
+                new_state[id(p)] = self._load_entry(op, i, p, entry)
         self.state = new_state
-        for k in ("lr", *self._hyper, "initial_lr"):
-            if k in group:
-                setattr(self, k, tuple(group[k]) if k == "betas" else group[k])
+        for k, v in hyper.items():
+            setattr(self, k, v)
+
+    _state_keys: tuple[str, ...] = ()  # the per-parameter state an optimizer keeps
+    _fixed: tuple[str, ...] = ()  # group keys a class fixes (checked on load, never set)
+
+    def _load_entry(self, op: str, i: int, p: Parameter, entry: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(entry) - set(self._state_keys))
+        if unknown:
+            raise ValueError(
+                f"{op}: state of parameter {i} expected keys among {list(self._state_keys)}, "
+                f"got {unknown}"
+            )
+        xp, dev = get_namespace(p.data), device(p.data)
+        own: dict[str, Any] = {}
+        for key, value in entry.items():
+            if key == "step":
+                try:
+                    own[key] = int(float(value))  # a host read, at load time only
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        f"{op}: state 'step' of parameter {i} expected a number, got {value!r}"
+                    ) from None
+            elif value is None:
+                own[key] = None  # torch's SGD without a momentum buffer yet
+            else:
+                a = to_namespace(value, xp, dev)
+                if tuple(a.shape) != p.shape:
+                    raise ValueError(
+                        f"{op}: state '{key}' of parameter {i} expected shape {p.shape}, "
+                        f"got shape {tuple(a.shape)}"
+                    )
+                own[key] = xp.astype(a, p.dtype, copy=True)
+        return own
+
+    @staticmethod
+    def _pair(op: str, betas: Any) -> tuple[float, float]:
+        try:
+            b1, b2 = (float(b) for b in betas)
+        except (TypeError, ValueError):
+            raise ValueError(f"{op}: 'betas' expected two numbers, got {betas!r}") from None
+        return b1, b2
 
 
 class SGD(Optimizer):
@@ -177,6 +209,7 @@ class SGD(Optimizer):
     """
 
     _hyper = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
+    _state_keys = ("momentum_buffer",)
 
     def __init__(
         self,
@@ -227,7 +260,14 @@ class Adam(Optimizer):
     """
 
     _decoupled = False
-    _hyper = ("betas", "eps", "weight_decay", "amsgrad", "maximize")
+    _hyper = ("betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
+    _fixed = ("decoupled_weight_decay",)
+    _state_keys = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    @property
+    def decoupled_weight_decay(self) -> bool:
+        """False for Adam (L2 added to the gradient), True for AdamW (torch's group key)."""
+        return self._decoupled
 
     def __init__(
         self,
