@@ -142,3 +142,5 @@ def test_torch_keyword_dim(xp, rng, op):
     assert_close(op(x, dim=0)[0], op(x, axis=0)[0], rtol=0, atol=0)
     with pytest.raises(TypeError, match=rf"{op.__name__}: got both 'axis' and torch's name"):
         op(x, axis=0, dim=1)
+    with pytest.raises(ValueError, match=rf"{op.__name__}: argument 'dim' expected an axis in"):
+        op(x, dim=7)

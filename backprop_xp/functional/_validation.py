@@ -85,13 +85,14 @@ def check_shape(op: str, name: str, x: Array, shape: tuple[int, ...]) -> None:
         raise shape_error(op, name, f"shape {tuple(shape)}", f"shape {tuple(x.shape)}")
 
 
-def normalize_axis(op: str, axis: int, ndim: int) -> int:
-    """``axis`` in ``[0, ndim)``; a 0-d array takes ``0`` or ``-1``, as in torch."""
+def normalize_axis(op: str, axis: int, ndim: int, name: str = "axis") -> int:
+    """``axis`` in ``[0, ndim)``; a 0-d array takes ``0`` or ``-1``, as in torch. ``name`` is
+    the argument's name as the caller wrote it (``"dim"`` for torch's spelling)."""
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"{op}: argument 'axis' expected an int, got {axis!r}")
+        raise TypeError(f"{op}: argument '{name}' expected an int, got {axis!r}")
     n = max(ndim, 1)
     if not -n <= axis < n:
-        raise shape_error(op, "axis", f"an axis in [{-n}, {n})", axis)
+        raise shape_error(op, name, f"an axis in [{-n}, {n})", axis)
     return int(axis) % n
 
 

@@ -595,7 +595,10 @@ def flatten(
     ndim = max(x.ndim, 1)
     start, end = (
         _flatten_axis(name, a, ndim)
-        for name, a in (("start_axis", start_axis), ("end_axis", end_axis))
+        for name, a in (
+            ("start_axis" if start_dim is None else "start_dim", start_axis),
+            ("end_axis" if end_dim is None else "end_dim", end_axis),
+        )
     )
     if start > end:
         raise shape_error(

@@ -47,7 +47,9 @@ def softmax(x: Array, /, axis: int = -1, *, dim: int | None = None) -> tuple[Arr
     """
     xp = get_namespace(x, op="softmax", names=("x",))
     check_floating("softmax", "x", x, xp)
-    axis = normalize_axis("softmax", torch_alias("softmax", "axis", axis, -1, "dim", dim), x.ndim)
+    name = "axis" if dim is None else "dim"
+    axis = torch_alias("softmax", "axis", axis, -1, "dim", dim)
+    axis = normalize_axis("softmax", axis, x.ndim, name)
     if x.ndim == 0 or x.shape[axis] == 0:
         # one element: exp(x - x) is 1, or NaN for NaN and ±inf as in torch; no elements:
         # an empty result (max over nothing has no value)
@@ -85,8 +87,9 @@ def log_softmax(
     """
     xp = get_namespace(x, op="log_softmax", names=("x",))
     check_floating("log_softmax", "x", x, xp)
+    name = "axis" if dim is None else "dim"
     axis = torch_alias("log_softmax", "axis", axis, -1, "dim", dim)
-    axis = normalize_axis("log_softmax", axis, x.ndim)
+    axis = normalize_axis("log_softmax", axis, x.ndim, name)
     if x.ndim == 0 or x.shape[axis] == 0:  # 0, or NaN for NaN and ±inf, as in torch
         y = x - x
         return y, LogSoftmaxCache(y, axis)
