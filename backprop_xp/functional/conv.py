@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import array_api_extra as xpx
 
 from ..backend import device, get_namespace
-from ._validation import check_cotangent, check_floating, check_is_array, shape_error
+from ._validation import check_floating, cotangent_namespace, shape_error
 from ._windows import Window, as_tuple, make_window, pad_spatial
 
 __all__ = [
@@ -194,13 +194,11 @@ def _conv_nd(
 
 def _conv_nd_backward(dy: Array, cache: ConvCache, op: str) -> tuple[Array, Array, Array | None]:
     x, weight, has_bias, win, groups, unbatched = cache
-    check_is_array(op, "dy", dy)
-    xp = get_namespace(dy, x, op=op, names=("dy", "x"))
     nd = len(win.in_size)
     n = x.shape[0]
     c_out = weight.shape[0]
     shape = (n, c_out, *win.out_size)
-    dy = check_cotangent(op, "dy", dy, shape[1:] if unbatched else shape, x.dtype)
+    xp, dy = cotangent_namespace(op, dy, x, shape[1:] if unbatched else shape, x.dtype)
     if unbatched:
         dy = dy[None, ...]
     transposed = _transposed_window(win)
