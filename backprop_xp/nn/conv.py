@@ -107,7 +107,7 @@ class _ConvNd(Module):
                 bias.accumulate(db)
             return dx
 
-        return y, once(type(self).__name__, backprop, like=y)
+        return y, once(type(self).__name__, backprop)
 
     def extra_repr(self) -> str:
         return (

@@ -92,7 +92,7 @@ class Linear(Module):
                 bias.accumulate(db)
             return dx
 
-        return y, once("Linear", backprop, like=y)
+        return y, once("Linear", backprop)
 
     def extra_repr(self) -> str:
         return (

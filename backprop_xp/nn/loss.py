@@ -37,7 +37,7 @@ class _Loss(Module):
                 dloss = xp.asarray(dloss, dtype=loss.dtype, device=device(loss))
             return backward(dloss, cache)[0]
 
-        return loss, once(type(self).__name__, backprop, like=loss)
+        return loss, once(type(self).__name__, backprop)
 
     def _moved(self, backend: Any, device: Any, dtype: Any = None) -> None:
         for name in self._arrays:

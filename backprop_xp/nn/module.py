@@ -10,7 +10,9 @@ backward (shared weights, two inputs) gets both gradients added into ``.grad``. 
 runs once; running it again raises instead of adding the same gradient twice.
 
 As in torch's autograd, the gradient given to a backprop is cast to its output's dtype (a
-float64 ``dy`` for a float32 layer gives float32 gradients), so parameters keep their dtype.
+float64 ``dy`` for a float32 layer gives float32 gradients), so parameters keep their dtype:
+the functional backwards do that cast, and ``once(..., like=y)`` does it for backprops that
+call none (Identity, Dropout).
 """
 
 from __future__ import annotations
@@ -139,8 +141,8 @@ def once(name: str, fn: Callable[..., Any], like: Array | None = None) -> Backpr
 
 def _cast_to(g: Any, lib: str, dtype: Any) -> Any:
     """``g`` (an array, None, or a tuple or list of them) in ``dtype`` where ``g`` is a
-    floating array of library ``lib`` (a tuple output, such as a Sequential ending in an RNN,
-    passes no target: its layers cast)."""
+    floating array of library ``lib`` (an output without a dtype, a tuple passed through
+    Identity say, gives ``once`` no target)."""
     if isinstance(g, (tuple, list)):
         return type(g)(_cast_to(v, lib, dtype) for v in g)
     if g is None or not hasattr(g, "dtype") or g.dtype == dtype:
@@ -386,7 +388,7 @@ class OpLayer(Module):
         def backprop(dy: Any) -> Any:
             return backward(dy, cache)[0]
 
-        return y, once(type(self).__name__, backprop, like=y)
+        return y, once(type(self).__name__, backprop)
 
 
 class Sequential(Module):
@@ -430,4 +432,4 @@ class Sequential(Module):
                 dy = bp(dy)
             return dy
 
-        return x, once("Sequential", backprop, like=x)
+        return x, once("Sequential", backprop)

@@ -292,7 +292,7 @@ class _RNNBase(Module):
         elif self.batch_first:
             output = xp.permute_dims(output, (1, 0, 2))
         state = (hn, cn) if self._mode == "lstm" else hn
-        return (output, state), once(name, backprop, like=output)
+        return (output, state), once(name, backprop)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
