@@ -138,7 +138,7 @@ def test_cotangent_of_a_wrong_shape_is_an_error(xp, rng, case):
     [
         "softmax",
         "linear",
-        "cross_entropy",
+        "cross_entropy_none",
         "conv2d",
         "max_pool2d",
         "flatten",
@@ -150,10 +150,26 @@ def test_cotangent_must_be_an_array(xp, rng, case):
     outs, cache, backward, names = _run(xp, rng, case)
     with pytest.raises(TypeError, match=rf"argument '{names[0]}' expected an array, got float"):
         backward(1.0, cache)
-    if outs[0].ndim:
-        listed = np.ones(tuple(outs[0].shape)).tolist()
-        with pytest.raises(TypeError, match=rf"'{names[0]}' expected an array, got list"):
-            backward(listed, cache)
+    listed = np.ones(tuple(outs[0].shape)).tolist()
+    with pytest.raises(TypeError, match=rf"'{names[0]}' expected an array, got list"):
+        backward(listed, cache)
+
+
+@pytest.mark.parametrize("case", ["cross_entropy", "binary_cross_entropy_with_logits"])
+@pytest.mark.parametrize("number", [1.0, 1, np.float64(1.0), np.float32(1.0)])
+def test_gradient_of_a_0d_loss_may_be_a_number(xp, rng, case, number):
+    """``F.cross_entropy_backward(1.0, cache)`` is what people type: a real number for a 0-d
+    output gives the same gradients, in the output's library, dtype and device."""
+    outs, cache, backward, _ = _run(xp, rng, case)
+    assert outs[0].shape == ()
+    got = backward(number, cache)
+    want = backward(xp.ones_like(outs[0]), cache)
+    for g, w in zip(got, want, strict=True):
+        assert (g is None) == (w is None)
+        if g is not None:
+            assert_close(g, w, rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"expected an array, got bool"):
+        backward(True, cache)
 
 
 def test_python_default_float_loss_gradient_on_torch():

@@ -245,9 +245,9 @@ def test_cross_entropy_bad_inputs(xp):
         F.cross_entropy(x, xp.asarray([0, 1]), reduction="avg")
     with pytest.raises(ValueError, match=r"argument 'label_smoothing'"):
         F.cross_entropy(x, xp.asarray([0, 1]), label_smoothing=1.5)
-    with pytest.raises(TypeError, match=r"argument 'ignore_index' expected an int, got 1.5"):
+    with pytest.raises(TypeError, match=r"argument 'ignore_index' expected an int, got float 1.5"):
         F.cross_entropy(x, xp.asarray([0, 1]), ignore_index=1.5)
-    with pytest.raises(TypeError, match=r"argument 'target' expected an array .* got int"):
+    with pytest.raises(TypeError, match=r"argument 'target' expected an array, got int 1"):
         F.cross_entropy(x, 1)
     # unbatched: the message shows the shapes as given, not the internally batched ones
     with pytest.raises(

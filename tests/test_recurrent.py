@@ -489,7 +489,9 @@ def test_bad_options(xp, rng):
     with pytest.raises(ValueError, match=r"^rnn: argument 'nonlinearity' expected one of"):
         F.rnn(*args, nonlinearity="sigmoid")
     (y, h_n), cache = F.rnn(*args)
-    with pytest.raises(ValueError, match=r"^rnn_backward: argument 'truncate' expected an int"):
+    with pytest.raises(
+        ValueError, match=r"^rnn_backward: argument 'truncate' expected a positive int"
+    ):
         F.rnn_backward((y, None), cache, truncate=0)
     with pytest.raises(ValueError, match=r"^lstm_backward: argument 'grad' expected a tuple of 3"):
         F.lstm_backward((y, h_n), F.lstm(*to_xp(xp, make_inputs(rng, "lstm")))[1])

@@ -1,16 +1,208 @@
-"""Argument checks shared by the ops. Every message names the op, the argument, what was
-expected and what came."""
+"""The rules every op keeps, one helper each. Every message names the op, the argument,
+what was expected and what came.
+
+- :func:`op_inputs`: an op's array arguments — arrays (not None, lists or Python scalars)
+  of one library and device, in native byte order — and their namespace.
+- :func:`real_option`, :func:`int_option`, :func:`bool_option`: scalar options, normalized
+  to Python numbers (a NumPy ``float64`` scalar would promote float32 arrays to float64
+  under NumPy 2; a Python float never does) and validated.
+- :func:`forward_op` and :func:`backward_op`: decorators of the public functions. The
+  backward checks its cache's type; both return 0-d arrays, never NumPy scalars.
+- :func:`cotangent_namespace` / :func:`check_cotangent`: a backward's incoming gradient.
+"""
 
 from __future__ import annotations
 
+import functools
+import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from ..backend import get_namespace
+from ..backend import device, get_namespace
 
 Array = Any
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def describe(value: object) -> str:
+    """``value`` for an error message: its type, and its repr where that is short."""
+    if value is None:
+        return "None"
+    text = repr(value)
+    kind = type(value).__name__
+    if len(text) > 60 or hasattr(value, "shape"):
+        shape = getattr(value, "shape", None)
+        return kind if shape is None else f"{kind} of shape {tuple(shape)}"
+    return f"{kind} {text}"
+
+
+# --------------------------------------------------------------------------- array arguments
+
+
+def _is_array(a: object) -> bool:
+    return hasattr(a, "shape") and hasattr(a, "dtype") and not isinstance(a, numbers.Number)
+
+
+def op_inputs(op: str, /, optional: Collection[str] = (), **arrays: Any) -> tuple[Any, ...]:
+    """``(xp, *arrays)``: the namespace of an op's array arguments, and the arguments.
+
+    Every argument not named in ``optional`` must be an array, and an optional one an array
+    or None: None, a list or a Python scalar is a TypeError naming the argument. All must
+    come from one library and one device (:func:`backprop_xp.backend.get_namespace`).
+    NumPy arrays in non-native byte order (``>f4`` on a little-endian machine) come back
+    converted to native order, one copy, so that they compute and compare as the dtype they
+    hold (their own would fail every ``dtype ==`` check).
+    """
+    names = list(arrays)
+    for name, a in arrays.items():
+        if a is None and name in optional:
+            continue
+        if not _is_array(a):
+            raise TypeError(f"{op}: argument '{name}' expected an array, got {describe(a)}")
+    xp = get_namespace(*arrays.values(), op=op, names=names)
+    out = []
+    for a in arrays.values():
+        order = getattr(getattr(a, "dtype", None), "byteorder", "=")
+        if order not in ("=", "|"):
+            a = xp.astype(a, a.dtype.newbyteorder("="))
+        out.append(a)
+    return (xp, *out)
+
+
+# ----------------------------------------------------------------------------- scalar options
+
+
+def _real(value: object) -> float | None:
+    """``value`` as a Python float when it is a real number, else None."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, bytes)):
+        return None
+    if isinstance(value, numbers.Real):  # int, float, NumPy's integer and floating scalars
+        try:
+            return float(value)
+        except OverflowError:  # an int past float's range
+            return math.copysign(math.inf, value)
+    if _is_array(value) and tuple(value.shape) == ():  # type: ignore[attr-defined]
+        try:
+            xp = get_namespace(value)
+            ok = xp.isdtype(value.dtype, ("real floating", "integral"))  # type: ignore[attr-defined]
+        except (TypeError, ValueError):
+            return None
+        return float(value) if ok else None  # type: ignore[arg-type]
+    return None
+
+
+def real_option(
+    op: str,
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A real scalar option as a Python float.
+
+    Accepted: Python ints and floats, NumPy integer and floating scalars, and 0-d real
+    arrays (as torch takes a 0-d tensor for a scalar; read to the host once, which on a GPU
+    is a synchronization). Refused with a TypeError: None, strings, bools, complex numbers,
+    anything else. ``low``/``high`` bound it (closed unless ``*_open``); NaN fails any bound,
+    and passes where there is none, as in torch.
+    """
+    v = _real(value)
+    if v is None:
+        raise TypeError(f"{op}: argument '{name}' expected a real number, got {describe(value)}")
+    below = low is not None and not (v > low if low_open else v >= low)
+    above = high is not None and not (v < high if high_open else v <= high)
+    if below or above:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+        if low is None:
+            want = f"a value {'<' if high_open else '<='} {high:g}"
+        elif high is None:
+            want = f"a value {'>' if low_open else '>='} {low:g}"
+        else:
+            want = f"a value in {lo}, {hi}"
+        raise ValueError(f"{op}: argument '{name}' expected {want}, got {value!r}")
+    return v
+
+
+def int_option(op: str, name: str, value: object, *, low: int | None = None) -> int:
+    """An integer option as a Python int (Python or NumPy integers; not bools, floats or
+    strings), at least ``low`` where given."""
+    if isinstance(value, bool) or type(value).__name__ in ("bool_", "bool"):
+        raise TypeError(f"{op}: argument '{name}' expected an int, got {describe(value)}")
+    try:
+        v = int(value.__index__())  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        raise TypeError(f"{op}: argument '{name}' expected an int, got {describe(value)}") from None
+    if low is not None and v < low:
+        want = {0: "a non-negative int", 1: "a positive int"}.get(low, f"an int >= {low}")
+        raise ValueError(f"{op}: argument '{name}' expected {want}, got {v}")
+    return v
+
+
+def bool_option(op: str, name: str, value: object) -> bool:
+    """A flag: ``True``/``False`` (or NumPy's bool). Anything else is a TypeError: the
+    string ``"False"`` is not false, and 0/1 are not flags."""
+    if isinstance(value, bool) or type(value).__name__ in ("bool_", "bool"):
+        return bool(value)
+    raise TypeError(f"{op}: argument '{name}' expected a bool, got {describe(value)}")
+
+
+# ------------------------------------------------------------------------ the public functions
+
+
+def _arrays_not_scalars(value: Any) -> Any:
+    """``value`` with NumPy scalars (what NumPy's ufuncs return for 0-d input) replaced by
+    0-d arrays, inside tuples too."""
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_arrays_not_scalars(v) for v in value)
+    if isinstance(value, numbers.Number) and hasattr(value, "dtype"):
+        return get_namespace(value).asarray(value)
+    return value
+
+
+def forward_op(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorator of an op's forward ``(out, cache)``: ``out`` holds arrays, never NumPy
+    scalars (a 0-d input gives a 0-d array)."""
+
+    @functools.wraps(fn)
+    def op(*args: P.args, **kwargs: P.kwargs) -> R:
+        result: Any = fn(*args, **kwargs)
+        out, cache = result
+        return (_arrays_not_scalars(out), cache)  # type: ignore[return-value]
+
+    return op
+
+
+def backward_op(*cache_types: type) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorator of an op's backward ``(grad, cache, /, ...)``.
+
+    The cache must be one of ``cache_types`` (the forward's): another op's cache, None, a
+    tuple or a dict is a TypeError naming the op and what came, before anything is read
+    from it. The gradients come back as arrays, never NumPy scalars.
+    """
+    expected = " or ".join(t.__name__ for t in cache_types)
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        name = fn.__name__
+
+        @functools.wraps(fn)
+        def backward(*args: P.args, **kwargs: P.kwargs) -> R:
+            cache = args[1] if len(args) > 1 else kwargs.get("cache")
+            if not isinstance(cache, cache_types):
+                got = "None" if cache is None else type(cache).__name__
+                raise TypeError(f"{name}: argument 'cache' expected a {expected}, got {got}")
+            grads: Any = _arrays_not_scalars(fn(*args, **kwargs))
+            return grads
+
+        return backward
+
+    return wrap
 
 
 def shape_error(op: str, name: str, expected: str, got: object) -> ValueError:
@@ -39,7 +231,7 @@ def check_same_dtype(op: str, name: str, x: Array, like_name: str, like: Array) 
 
 
 def check_is_array(op: str, name: str, g: Any) -> None:
-    if not (hasattr(g, "shape") and hasattr(g, "dtype")):
+    if not _is_array(g):
         raise TypeError(f"{op}: argument '{name}' expected an array, got {type(g).__name__}")
 
 
@@ -66,7 +258,15 @@ def cotangent_namespace(
     op: str, g: Any, ref: Array, shape: tuple[int, ...], dtype: Any, name: str = "dy"
 ) -> tuple[ModuleType, Array]:
     """The namespace of a backward's incoming gradient ``g`` and its cache array ``ref``,
-    and ``g`` after :func:`check_cotangent`."""
+    and ``g`` after :func:`check_cotangent`.
+
+    The gradient of a 0-d output (a loss) may be a Python or NumPy real number, as people
+    type it: ``F.cross_entropy_backward(1.0, cache)``; it is built on ``ref``'s device in
+    the output's dtype.
+    """
+    if tuple(shape) == () and isinstance(g, numbers.Real) and not isinstance(g, bool):
+        xp = get_namespace(ref)
+        return xp, xp.full((), float(g), dtype=dtype or ref.dtype, device=device(ref))
     check_is_array(op, name, g)  # before get_namespace, whose message would not say it
     xp = get_namespace(g, ref, op=op, names=(name, "cache"))
     return xp, check_cotangent(op, name, g, shape, dtype)
@@ -106,8 +306,9 @@ def torch_alias(op: str, name: str, value: Any, default: Any, alias: str, given:
     return given
 
 
-def check_choice(op: str, name: str, value: object, choices: Sequence[object]) -> None:
-    if value not in choices:
+def check_choice(op: str, name: str, value: object, choices: Sequence[str]) -> None:
+    """``value`` is one of the strings ``choices`` (an array or a number never is)."""
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{op}: argument '{name}' expected one of {list(choices)}, got {value!r}")
 
 

@@ -35,15 +35,24 @@ each chunk is still one GEMM per direction.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, NamedTuple
 
 import array_api_extra as xpx
 
-from ..backend import device, get_namespace
-from ._validation import check_floating, cotangent_namespace, shape_error
+from .._config import conv_workspace_bytes, get_workspace_bytes_override
+from .._config import set_workspace_bytes_override as _set_workspace
+from ..backend import device
+from ._validation import (
+    backward_op,
+    check_floating,
+    cotangent_namespace,
+    forward_op,
+    int_option,
+    op_inputs,
+    shape_error,
+)
 from ._windows import Window, as_tuple, make_window, pad_spatial
 
 __all__ = [
@@ -53,6 +62,7 @@ __all__ = [
     "conv2d_backward",
     "conv3d",
     "conv3d_backward",
+    "conv_workspace_bytes",
     "get_conv_workspace_bytes",
     "set_conv_workspace_bytes",
 ]
@@ -62,11 +72,11 @@ Array = Any
 # Default im2col budgets. On a CPU small chunks stay in cache and keep peak memory low; on a
 # GPU every chunk costs kernel launches, so the whole batch should usually be one chunk.
 _DEFAULT_WORKSPACE = {"cpu": 8 * 2**20, "accelerator": 2 * 2**30}
-_WORKSPACE: dict[str, int | None] = {"bytes": None}
 
 
 def set_conv_workspace_bytes(nbytes: int | None) -> None:
-    """Bound the im2col workspace of the convolutions; ``None`` restores the defaults.
+    """Bound the im2col workspace of the convolutions in the current thread or task;
+    ``None`` restores the defaults. ``with F.conv_workspace_bytes(n):`` sets it for a block.
 
     The forward builds ``cols``, ``C_in * prod(kernel) * prod(out_spatial) * itemsize``
     bytes per batch item; the backward builds ``cols`` and then either ``dcols`` (same size,
@@ -78,17 +88,19 @@ def set_conv_workspace_bytes(nbytes: int | None) -> None:
     Defaults: 8 MiB for arrays on the CPU (on a 2-core CPU 8-16 MiB chunks were also the
     fastest: the buffers stay in cache between im2col and the GEMM) and 2 GiB on GPUs
     (devices whose name mentions cuda, gpu, rocm or mps), where per-chunk launch overhead
-    dominates and memory is plentiful. A value set here applies to every device.
+    dominates and memory is plentiful. A value set here applies to every device, in this
+    thread (or asyncio task) only: the chunking decides the order of the weight gradient's
+    sums, so another thread's gradients never change bits because of it. A new thread
+    starts from the defaults.
     """
-    if nbytes is not None and int(nbytes) < 1:
-        raise shape_error("set_conv_workspace_bytes", "nbytes", "a positive int or None", nbytes)
-    _WORKSPACE["bytes"] = None if nbytes is None else int(nbytes)
+    _set_workspace(nbytes)
 
 
 def get_conv_workspace_bytes(device: Any = None) -> int:
     """The im2col workspace budget in bytes for arrays on ``device`` (default: a CPU)."""
-    if _WORKSPACE["bytes"] is not None:
-        return _WORKSPACE["bytes"]
+    override = get_workspace_bytes_override()
+    if override is not None:
+        return override
     name = str(device).lower()
     on_accelerator = any(key in name for key in ("cuda", "gpu", "rocm", "mps"))
     return _DEFAULT_WORKSPACE["accelerator" if on_accelerator else "cpu"]
@@ -114,7 +126,7 @@ def _conv_nd(
     dilation: Any,
     groups: int,
 ) -> tuple[Array, ConvCache]:
-    xp = get_namespace(x, weight, bias, op=op, names=("x", "weight", "bias"))
+    xp, x, weight, bias = op_inputs(op, x=x, weight=weight, bias=bias, optional=("bias",))
     for name, a in (("x", x), ("weight", weight), ("bias", bias)):
         if a is not None:
             check_floating(op, name, a, xp)
@@ -140,9 +152,7 @@ def _conv_nd(
             f"a {nd + 2}-d array (C_out, C_in/groups, *{nd} kernel)",
             tuple(weight.shape),
         )
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
-        raise shape_error(op, "groups", "a positive int", repr(groups))
-    groups = int(groups)
+    groups = int_option(op, "groups", groups, low=1)
     c_in, c_out = x.shape[1], weight.shape[0]
     if c_in % groups or c_out % groups:
         raise shape_error(
@@ -192,9 +202,15 @@ def _conv_nd(
     return (y[0, ...] if unbatched else y), cache
 
 
-def _conv_nd_backward(dy: Array, cache: ConvCache, op: str) -> tuple[Array, Array, Array | None]:
+def _conv_nd_backward(
+    dy: Array, cache: ConvCache, op: str, nd: int
+) -> tuple[Array, Array, Array | None]:
     x, weight, has_bias, win, groups, unbatched = cache
-    nd = len(win.in_size)
+    if len(win.in_size) != nd:  # the cache type is shared by conv1d/2d/3d
+        raise TypeError(
+            f"{op}: argument 'cache' expected the cache of a {nd}-d convolution, got that of "
+            f"a {len(win.in_size)}-d one"
+        )
     n = x.shape[0]
     c_out = weight.shape[0]
     shape = (n, c_out, *win.out_size)
@@ -401,6 +417,7 @@ _CONV_DOC = r"""{nd}-d convolution (cross-correlation), torch's ``conv{nd}d``.
     """
 
 
+@forward_op
 def conv1d(
     x: Array,
     weight: Array,
@@ -413,11 +430,13 @@ def conv1d(
     return _conv_nd("conv1d", 1, x, weight, bias, stride, padding, dilation, groups)
 
 
+@backward_op(ConvCache)
 def conv1d_backward(dy: Array, cache: ConvCache, /) -> tuple[Array, Array, Array | None]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`conv1d`; ``dbias`` is None without bias."""
-    return _conv_nd_backward(dy, cache, "conv1d_backward")
+    return _conv_nd_backward(dy, cache, "conv1d_backward", 1)
 
 
+@forward_op
 def conv2d(
     x: Array,
     weight: Array,
@@ -430,11 +449,13 @@ def conv2d(
     return _conv_nd("conv2d", 2, x, weight, bias, stride, padding, dilation, groups)
 
 
+@backward_op(ConvCache)
 def conv2d_backward(dy: Array, cache: ConvCache, /) -> tuple[Array, Array, Array | None]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d`; ``dbias`` is None without bias."""
-    return _conv_nd_backward(dy, cache, "conv2d_backward")
+    return _conv_nd_backward(dy, cache, "conv2d_backward", 2)
 
 
+@forward_op
 def conv3d(
     x: Array,
     weight: Array,
@@ -447,9 +468,10 @@ def conv3d(
     return _conv_nd("conv3d", 3, x, weight, bias, stride, padding, dilation, groups)
 
 
+@backward_op(ConvCache)
 def conv3d_backward(dy: Array, cache: ConvCache, /) -> tuple[Array, Array, Array | None]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`conv3d`; ``dbias`` is None without bias."""
-    return _conv_nd_backward(dy, cache, "conv3d_backward")
+    return _conv_nd_backward(dy, cache, "conv3d_backward", 3)
 
 
 conv1d.__doc__ = _CONV_DOC.format(nd=1, spatial="W", kernel="kW", out="W_out")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from ..backend import get_namespace
 from ._validation import (
+    backward_op,
     check_floating,
     check_ndim,
     check_same_dtype,
     cotangent_namespace,
+    forward_op,
+    op_inputs,
     shape_error,
 )
 
@@ -25,6 +27,7 @@ class LinearCache(NamedTuple):
     has_bias: bool
 
 
+@forward_op
 def linear(x: Array, weight: Array, bias: Array | None = None) -> tuple[Array, LinearCache]:
     r"""Affine map :math:`y = x W^\top + b`, as ``torch.nn.functional.linear``.
 
@@ -45,7 +48,7 @@ def linear(x: Array, weight: Array, bias: Array | None = None) -> tuple[Array, L
     :math:`\partial L/\partial x = \delta W`, :math:`\partial L/\partial W = \delta^\top x`
     (one GEMM over the whole batch), :math:`\partial L/\partial b = \sum_{\text{rows}} \delta`.
     """
-    xp = get_namespace(x, weight, bias, op="linear", names=("x", "weight", "bias"))
+    xp, x, weight, bias = op_inputs("linear", x=x, weight=weight, bias=bias, optional=("bias",))
     check_floating("linear", "x", x, xp)
     check_floating("linear", "weight", weight, xp)
     check_ndim("linear", "weight", weight, 2, "(out_features, in_features)")
@@ -64,6 +67,7 @@ def linear(x: Array, weight: Array, bias: Array | None = None) -> tuple[Array, L
     return y, LinearCache(x, weight, bias is not None)
 
 
+@backward_op(LinearCache)
 def linear_backward(dy: Array, cache: LinearCache, /) -> tuple[Array, Array, Array | None]:
     x, weight, has_bias = cache
     out_features, in_features = weight.shape

@@ -7,20 +7,24 @@ Semantics, defaults and reductions follow ``torch.nn.functional``; the derivatio
 from __future__ import annotations
 
 import math
-import numbers
 from types import ModuleType
 from typing import Any, NamedTuple
 
 import array_api_extra as xpx
 
 from .._config import index_checks_enabled
-from ..backend import device, get_namespace, supports_integer_setitem
+from ..backend import device, supports_integer_setitem
 from ._validation import (
+    backward_op,
     broadcasts_to,
     check_choice,
     check_floating,
     check_same_dtype,
     cotangent_namespace,
+    forward_op,
+    int_option,
+    op_inputs,
+    real_option,
     shape_error,
 )
 from .activations import stable_sigmoid, stable_softplus
@@ -97,6 +101,7 @@ class CrossEntropyCache(NamedTuple):
     unbatched: bool
 
 
+@forward_op
 def cross_entropy(
     input: Array,
     target: Array,
@@ -147,20 +152,13 @@ def cross_entropy(
     :func:`backprop_xp.set_index_checks`.
     """
     op = "cross_entropy"
-    xp = get_namespace(input, target, weight, op=op, names=("input", "target", "weight"))
+    xp, input, target, weight = op_inputs(
+        op, input=input, target=target, weight=weight, optional=("weight",)
+    )
     check_floating(op, "input", input, xp)
     check_choice(op, "reduction", reduction, _REDUCTIONS)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(
-            f"{op}: argument 'label_smoothing' expected a value in [0, 1], got {label_smoothing}"
-        )
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"{op}: argument 'ignore_index' expected an int, got {ignore_index!r}")
-    if not hasattr(target, "shape"):
-        raise TypeError(
-            f"{op}: argument 'target' expected an array of class indices or probabilities, "
-            f"got {type(target).__name__}"
-        )
+    label_smoothing = real_option(op, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+    ignore_index = int_option(op, "ignore_index", ignore_index)
     if input.ndim == 0:
         raise shape_error(op, "input", "shape (N, C), (N, C, d1, ...) or (C,)", "shape ()")
     unbatched = input.ndim == 1
@@ -273,6 +271,7 @@ def _check_indices(xp: ModuleType, t: Array, valid: Array, n_classes: int, ignor
         )
 
 
+@backward_op(CrossEntropyCache)
 def cross_entropy_backward(
     dloss: Array, cache: CrossEntropyCache, /
 ) -> tuple[Array, Array | None, None]:
@@ -345,6 +344,7 @@ class BCEWithLogitsCache(NamedTuple):
     reduction: str
 
 
+@forward_op
 def binary_cross_entropy_with_logits(
     input: Array,
     target: Array,
@@ -378,8 +378,13 @@ def binary_cross_entropy_with_logits(
     Backward returns ``(d_input, d_target, None, None)``: no gradient for the weights.
     """
     op = "binary_cross_entropy_with_logits"
-    xp = get_namespace(
-        input, target, weight, pos_weight, op=op, names=("input", "target", "weight", "pos_weight")
+    xp, input, target, weight, pos_weight = op_inputs(
+        op,
+        input=input,
+        target=target,
+        weight=weight,
+        pos_weight=pos_weight,
+        optional=("weight", "pos_weight"),
     )
     _check_pair(op, input, target, reduction, xp)
     for name, a in (("weight", weight), ("pos_weight", pos_weight)):
@@ -404,6 +409,7 @@ def binary_cross_entropy_with_logits(
     return out, BCEWithLogitsCache(input, target, weight, pos_weight, denominator, reduction)
 
 
+@backward_op(BCEWithLogitsCache)
 def binary_cross_entropy_with_logits_backward(
     dloss: Array, cache: BCEWithLogitsCache, /
 ) -> tuple[Array, Array, None, None]:
@@ -435,6 +441,7 @@ class MSELossCache(NamedTuple):
     reduction: str
 
 
+@forward_op
 def mse_loss(input: Array, target: Array, reduction: str = "mean") -> tuple[Array, MSELossCache]:
     r"""Mean squared error :math:`\ell = (x - t)^2`, reduced.
 
@@ -442,7 +449,7 @@ def mse_loss(input: Array, target: Array, reduction: str = "mean") -> tuple[Arra
     the negative of it for ``target``.
     """
     op = "mse_loss"
-    xp = get_namespace(input, target, op=op, names=("input", "target"))
+    xp, input, target = op_inputs(op, input=input, target=target)
     _check_pair(op, input, target, reduction, xp)
     diff = input - target
     denominator = _count(xp, diff, input) if reduction == "mean" else None
@@ -451,6 +458,7 @@ def mse_loss(input: Array, target: Array, reduction: str = "mean") -> tuple[Arra
     )
 
 
+@backward_op(MSELossCache)
 def mse_loss_backward(dloss: Array, cache: MSELossCache, /) -> tuple[Array, Array]:
     diff, denominator, reduction = cache
     loss_shape = tuple(diff.shape) if reduction == "none" else ()

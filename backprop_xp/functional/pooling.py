@@ -22,8 +22,18 @@ from typing import Any, NamedTuple
 
 import array_api_extra as xpx
 
-from ..backend import device, get_namespace
-from ._validation import check_floating, cotangent_namespace, shape_error, torch_alias
+from ..backend import device
+from ._validation import (
+    backward_op,
+    bool_option,
+    check_floating,
+    cotangent_namespace,
+    forward_op,
+    normalize_axis,
+    op_inputs,
+    shape_error,
+    torch_alias,
+)
 from ._windows import Window, as_tuple, make_window, pad_spatial
 
 __all__ = [
@@ -53,7 +63,7 @@ def _prepare(
 ) -> tuple[
     ModuleType, Array, bool, tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]
 ]:
-    xp = get_namespace(x, op=op, names=("x",))
+    xp, x = op_inputs(op, x=x)
     check_floating(op, "x", x, xp)
     if x.ndim not in (nd + 1, nd + 2):
         raise shape_error(
@@ -158,6 +168,7 @@ def _max_pool_nd(
     xp, x, unbatched, kernel, stride, pad, dil = _prepare(
         op, nd, x, kernel_size, stride, padding, dilation
     )
+    ceil_mode = bool_option(op, "ceil_mode", ceil_mode)
     _check_half_kernel(op, pad, kernel)
     win = make_window(
         op,
@@ -199,9 +210,19 @@ def _max_pool_nd(
     )
 
 
-def _max_pool_nd_backward(dy: Array, cache: MaxPoolCache, op: str) -> tuple[Array]:
+def _check_nd(op: str, cache: MaxPoolCache | AvgPoolCache, nd: int) -> None:
+    """A pooling cache of the op's own dimensionality (the cache type is shared)."""
+    got = len(cache.win.in_size)
+    if got != nd:
+        raise TypeError(
+            f"{op}: argument 'cache' expected the cache of a {nd}-d pooling, got that of a "
+            f"{got}-d one"
+        )
+
+
+def _max_pool_nd_backward(dy: Array, cache: MaxPoolCache, op: str, nd: int) -> tuple[Array]:
+    _check_nd(op, cache, nd)
     argmax, x_shape, win, unbatched, like = cache
-    nd = len(win.in_size)
     xp, dy = _check_dy(op, dy, x_shape, win, unbatched, like)
     dy = _batch(xp, dy, unbatched, nd, op)
     # Undo the per-axis poolings in reverse order (first axis first): each routes its
@@ -272,6 +293,7 @@ _MAX_DOC = r"""{nd}-d max pooling, torch's ``max_pool{nd}d``.
     """
 
 
+@forward_op
 def max_pool1d(
     x: Array,
     kernel_size: int | tuple[int],
@@ -283,11 +305,13 @@ def max_pool1d(
     return _max_pool_nd("max_pool1d", 1, x, kernel_size, stride, padding, dilation, ceil_mode)
 
 
+@backward_op(MaxPoolCache)
 def max_pool1d_backward(dy: Array, cache: MaxPoolCache, /) -> tuple[Array]:
     """Gradient ``(dx,)`` of :func:`max_pool1d`: ``dy`` routed to each window's argmax."""
-    return _max_pool_nd_backward(dy, cache, "max_pool1d_backward")
+    return _max_pool_nd_backward(dy, cache, "max_pool1d_backward", 1)
 
 
+@forward_op
 def max_pool2d(
     x: Array,
     kernel_size: int | tuple[int, int],
@@ -299,11 +323,13 @@ def max_pool2d(
     return _max_pool_nd("max_pool2d", 2, x, kernel_size, stride, padding, dilation, ceil_mode)
 
 
+@backward_op(MaxPoolCache)
 def max_pool2d_backward(dy: Array, cache: MaxPoolCache, /) -> tuple[Array]:
     """Gradient ``(dx,)`` of :func:`max_pool2d`: ``dy`` routed to each window's argmax."""
-    return _max_pool_nd_backward(dy, cache, "max_pool2d_backward")
+    return _max_pool_nd_backward(dy, cache, "max_pool2d_backward", 2)
 
 
+@forward_op
 def max_pool3d(
     x: Array,
     kernel_size: int | tuple[int, int, int],
@@ -315,9 +341,10 @@ def max_pool3d(
     return _max_pool_nd("max_pool3d", 3, x, kernel_size, stride, padding, dilation, ceil_mode)
 
 
+@backward_op(MaxPoolCache)
 def max_pool3d_backward(dy: Array, cache: MaxPoolCache, /) -> tuple[Array]:
     """Gradient ``(dx,)`` of :func:`max_pool3d`: ``dy`` routed to each window's argmax."""
-    return _max_pool_nd_backward(dy, cache, "max_pool3d_backward")
+    return _max_pool_nd_backward(dy, cache, "max_pool3d_backward", 3)
 
 
 # ----------------------------------------------------------------------- average pooling
@@ -376,6 +403,8 @@ def _avg_pool_nd(
     xp, x, unbatched, kernel, stride, pad, dil = _prepare(
         op, nd, x, kernel_size, stride, padding, 1
     )
+    ceil_mode = bool_option(op, "ceil_mode", ceil_mode)
+    count_include_pad = bool_option(op, "count_include_pad", count_include_pad)
     _check_half_kernel(op, pad, kernel)
     win = make_window(
         op,
@@ -402,7 +431,8 @@ def _avg_pool_nd(
     return _unbatch(y, unbatched), AvgPoolCache(inv, tuple(x.shape), win, unbatched, _like(xp, x))
 
 
-def _avg_pool_nd_backward(dy: Array, cache: AvgPoolCache, op: str) -> tuple[Array]:
+def _avg_pool_nd_backward(dy: Array, cache: AvgPoolCache, op: str, nd: int) -> tuple[Array]:
+    _check_nd(op, cache, nd)
     inv, x_shape, win, unbatched, like = cache
     xp, dy = _check_dy(op, dy, x_shape, win, unbatched, like)
     dy = _batch(xp, dy, unbatched, len(win.in_size), op)
@@ -451,6 +481,7 @@ _AVG_DOC = r"""{nd}-d average pooling, torch's ``avg_pool{nd}d``.
     """
 
 
+@forward_op
 def avg_pool1d(
     x: Array,
     kernel_size: int | tuple[int],
@@ -464,11 +495,13 @@ def avg_pool1d(
     )
 
 
+@backward_op(AvgPoolCache)
 def avg_pool1d_backward(dy: Array, cache: AvgPoolCache, /) -> tuple[Array]:
     """Gradient ``(dx,)`` of :func:`avg_pool1d`: ``dy / count`` spread over each window."""
-    return _avg_pool_nd_backward(dy, cache, "avg_pool1d_backward")
+    return _avg_pool_nd_backward(dy, cache, "avg_pool1d_backward", 1)
 
 
+@forward_op
 def avg_pool2d(
     x: Array,
     kernel_size: int | tuple[int, int],
@@ -482,11 +515,13 @@ def avg_pool2d(
     )
 
 
+@backward_op(AvgPoolCache)
 def avg_pool2d_backward(dy: Array, cache: AvgPoolCache, /) -> tuple[Array]:
     """Gradient ``(dx,)`` of :func:`avg_pool2d`: ``dy / count`` spread over each window."""
-    return _avg_pool_nd_backward(dy, cache, "avg_pool2d_backward")
+    return _avg_pool_nd_backward(dy, cache, "avg_pool2d_backward", 2)
 
 
+@forward_op
 def avg_pool3d(
     x: Array,
     kernel_size: int | tuple[int, int, int],
@@ -500,9 +535,10 @@ def avg_pool3d(
     )
 
 
+@backward_op(AvgPoolCache)
 def avg_pool3d_backward(dy: Array, cache: AvgPoolCache, /) -> tuple[Array]:
     """Gradient ``(dx,)`` of :func:`avg_pool3d`: ``dy / count`` spread over each window."""
-    return _avg_pool_nd_backward(dy, cache, "avg_pool3d_backward")
+    return _avg_pool_nd_backward(dy, cache, "avg_pool3d_backward", 3)
 
 
 for _nd, _sp, _out in (
@@ -522,6 +558,7 @@ class GlobalAvgPoolCache(NamedTuple):
     like: Array  # zero-size, of the output's library, dtype and device (for the backward's check)
 
 
+@forward_op
 def global_avg_pool(x: Array, /) -> tuple[Array, GlobalAvgPoolCache]:
     r"""Mean over all spatial positions: :math:`y_{n,c} = \frac{1}{|S|}\sum_{p} x_{n,c,p}`.
 
@@ -541,7 +578,7 @@ def global_avg_pool(x: Array, /) -> tuple[Array, GlobalAvgPoolCache]:
     -----
     Backward returns ``(dx,)`` with :math:`\partial L/\partial x_{n,c,p} = g_{n,c} / |S|`.
     """
-    xp = get_namespace(x, op="global_avg_pool", names=("x",))
+    xp, x = op_inputs("global_avg_pool", x=x)
     check_floating("global_avg_pool", "x", x, xp)
     if x.ndim < 3:
         raise shape_error(
@@ -552,6 +589,7 @@ def global_avg_pool(x: Array, /) -> tuple[Array, GlobalAvgPoolCache]:
     )
 
 
+@backward_op(GlobalAvgPoolCache)
 def global_avg_pool_backward(dy: Array, cache: GlobalAvgPoolCache, /) -> tuple[Array]:
     shape = cache.x_shape
     op = "global_avg_pool_backward"
@@ -562,18 +600,13 @@ def global_avg_pool_backward(dy: Array, cache: GlobalAvgPoolCache, /) -> tuple[A
     return (xp.asarray(xp.broadcast_to(share, shape), copy=True),)
 
 
-def _flatten_axis(name: str, axis: int, ndim: int) -> int:
-    if not -ndim <= axis < ndim:
-        raise shape_error("flatten", name, f"an axis in [{-ndim}, {ndim})", axis)
-    return axis % ndim
-
-
 class FlattenCache(NamedTuple):
     x_shape: tuple[int, ...]
     y_shape: tuple[int, ...]
     like: Array  # zero-size, of the output's library, dtype and device (for the backward's check)
 
 
+@forward_op
 def flatten(
     x: Array,
     /,
@@ -589,12 +622,12 @@ def flatten(
     The default keeps the batch axis: ``(N, C, H, W) -> (N, C*H*W)``. Backward reshapes
     the gradient back, ``(dx,)``.
     """
-    xp = get_namespace(x, op="flatten", names=("x",))
+    xp, x = op_inputs("flatten", x=x)
     start_axis = torch_alias("flatten", "start_axis", start_axis, 1, "start_dim", start_dim)
     end_axis = torch_alias("flatten", "end_axis", end_axis, -1, "end_dim", end_dim)
     ndim = max(x.ndim, 1)
     start, end = (
-        _flatten_axis(name, a, ndim)
+        normalize_axis("flatten", a, ndim, name)
         for name, a in (
             ("start_axis" if start_dim is None else "start_dim", start_axis),
             ("end_axis" if end_dim is None else "end_dim", end_axis),
@@ -612,6 +645,7 @@ def flatten(
     return xp.reshape(x, y_shape), FlattenCache(shape, y_shape, _like(xp, x))
 
 
+@backward_op(FlattenCache)
 def flatten_backward(dy: Array, cache: FlattenCache, /) -> tuple[Array]:
     like = cache.like
     xp, dy = cotangent_namespace("flatten_backward", dy, like, cache.y_shape, like.dtype)

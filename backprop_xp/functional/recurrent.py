@@ -48,12 +48,16 @@ from array_api_extra import at
 from .._config import index_checks_enabled
 from ..backend import device, get_namespace
 from ._validation import (
+    backward_op,
     check_choice,
     check_cotangent,
     check_floating,
     check_integer,
     check_is_array,
     check_ndim,
+    forward_op,
+    int_option,
+    op_inputs,
     shape_error,
 )
 
@@ -90,14 +94,22 @@ def _check(
     b_ih: Array | None,
     b_hh: Array | None,
     lengths: Array | None,
-) -> tuple[ModuleType, _Dims, Array | None]:
-    """Validate shapes and dtypes; return the namespace, the sizes, and the (T, N, 1) mask."""
-    for name, a in (("input", input), *states.items(), ("w_ih", w_ih), ("w_hh", w_hh)):
-        if a is None:
-            raise TypeError(f"{op}: argument '{name}' expected an array, got None")
-    names = ("input", *states, "w_ih", "w_hh", "b_ih", "b_hh", "lengths")
-    arrays = (input, *states.values(), w_ih, w_hh, b_ih, b_hh, lengths)
-    xp = get_namespace(*arrays, op=op, names=names)
+) -> tuple[ModuleType, _Dims, Array | None, tuple[Array, ...]]:
+    """Validate shapes and dtypes; return the namespace, the sizes, the (T, N, 1) mask, and
+    the arrays ``(input, *states, w_ih, w_hh, b_ih, b_hh)`` as :func:`op_inputs` gives them."""
+    xp, input, *rest = op_inputs(
+        op,
+        input=input,
+        **states,
+        w_ih=w_ih,
+        w_hh=w_hh,
+        b_ih=b_ih,
+        b_hh=b_hh,
+        lengths=lengths,
+        optional=("b_ih", "b_hh", "lengths"),
+    )
+    states = dict(zip(states, rest[: len(states)], strict=True))
+    w_ih, w_hh, b_ih, b_hh, lengths = rest[len(states) :]
     check_floating(op, "input", input, xp)
     check_ndim(op, "input", input, 3, "(T, N, D)")
     T, N, D = (int(s) for s in input.shape)
@@ -141,17 +153,14 @@ def _check(
             )
         steps = xp.arange(T, dtype=lengths.dtype, device=device(input))
         mask = (steps[:, None] < lengths[None, :])[:, :, None]
-    return xp, _Dims(T, N, D, H), mask
+    arrays = (input, *states.values(), w_ih, w_hh, b_ih, b_hh)
+    return xp, _Dims(T, N, D, H), mask, arrays
 
 
 def _check_truncate(op: str, truncate: int | None, T: int) -> int:
     if truncate is None:
         return T
-    if isinstance(truncate, bool) or not isinstance(truncate, int) or truncate < 1:
-        raise ValueError(
-            f"{op}: argument 'truncate' expected an int >= 1 or None, got {truncate!r}"
-        )
-    return min(truncate, T)
+    return min(int_option(op, "truncate", truncate, low=1), T)
 
 
 def _unpack_grads(
@@ -280,6 +289,7 @@ class RNNCache(NamedTuple):
     has_b_hh: bool
 
 
+@forward_op
 def rnn(
     input: Array,
     h0: Array,
@@ -337,7 +347,8 @@ def rnn(
     """
     op = "rnn"
     check_choice(op, "nonlinearity", nonlinearity, ("tanh", "relu"))
-    xp, dims, mask = _check(op, 1, input, {"h0": h0}, w_ih, w_hh, b_ih, b_hh, lengths)
+    xp, dims, mask, arrays = _check(op, 1, input, {"h0": h0}, w_ih, w_hh, b_ih, b_hh, lengths)
+    input, h0, w_ih, w_hh, b_ih, b_hh = arrays
     T, N, D, H = dims
     X = xp.reshape(input, (T * N, D))
     XW = X @ w_ih.T
@@ -362,6 +373,7 @@ def rnn(
     return (output, _own(xp, Hs[T, ...])), cache
 
 
+@backward_op(RNNCache)
 def rnn_backward(
     grad: tuple[Array | None, Array | None], cache: RNNCache, /, *, truncate: int | None = None
 ) -> tuple[Array, Array, Array, Array, Array | None, Array | None, None]:
@@ -458,6 +470,7 @@ def _swap_og(xp: ModuleType, a: Array, H: int) -> Array:
     return xp.concat([a[: 2 * H, ...], a[3 * H :, ...], a[2 * H : 3 * H, ...]], axis=0)
 
 
+@forward_op
 def lstm(
     input: Array,
     h0: Array,
@@ -503,7 +516,8 @@ def lstm(
     """
     op = "lstm"
     states = {"h0": h0, "c0": c0}
-    xp, dims, mask = _check(op, 4, input, states, w_ih, w_hh, b_ih, b_hh, lengths)
+    xp, dims, mask, arrays = _check(op, 4, input, states, w_ih, w_hh, b_ih, b_hh, lengths)
+    input, h0, c0, w_ih, w_hh, b_ih, b_hh = arrays
     T, N, D, H = dims
     scale = _gate_vector(xp, _LSTM_SCALE, H, input)
     X = xp.reshape(input, (T * N, D))
@@ -540,6 +554,7 @@ def lstm(
     return (output, _own(xp, Hs[T, ...]), _own(xp, cs.data[T, ...])), cache
 
 
+@backward_op(LSTMCache)
 def lstm_backward(
     grad: tuple[Array | None, Array | None, Array | None],
     cache: LSTMCache,
@@ -646,6 +661,7 @@ class GRUCache(NamedTuple):
     has_b_hh: bool
 
 
+@forward_op
 def gru(
     input: Array,
     h0: Array,
@@ -688,7 +704,8 @@ def gru(
     r \odot \delta\tilde n]`.
     """
     op = "gru"
-    xp, dims, mask = _check(op, 3, input, {"h0": h0}, w_ih, w_hh, b_ih, b_hh, lengths)
+    xp, dims, mask, arrays = _check(op, 3, input, {"h0": h0}, w_ih, w_hh, b_ih, b_hh, lengths)
+    input, h0, w_ih, w_hh, b_ih, b_hh = arrays
     T, N, D, H = dims
     # sigmoid(z) = ½ tanh(z/2) + ½: fold the ½ into the r and z rows of the weights.
     scale = _gate_vector(xp, (0.5, 0.5, 1.0), H, input)
@@ -728,6 +745,7 @@ def gru(
     return (output, _own(xp, Hs[T, ...])), cache
 
 
+@backward_op(GRUCache)
 def gru_backward(
     grad: tuple[Array | None, Array | None], cache: GRUCache, /, *, truncate: int | None = None
 ) -> tuple[Array, Array, Array, Array, Array | None, Array | None, None]:

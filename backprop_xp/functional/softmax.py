@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..backend import device, get_namespace
-from ._validation import check_floating, cotangent_namespace, normalize_axis, torch_alias
+from ..backend import device
+from ._validation import (
+    backward_op,
+    check_floating,
+    cotangent_namespace,
+    forward_op,
+    normalize_axis,
+    op_inputs,
+    torch_alias,
+)
 
 __all__ = [
     "log_softmax",
@@ -24,6 +32,7 @@ class SoftmaxCache(NamedTuple):
     axis: int
 
 
+@forward_op
 def softmax(x: Array, /, axis: int = -1, *, dim: int | None = None) -> tuple[Array, SoftmaxCache]:
     r"""Softmax along ``axis``: :math:`y_i = e^{x_i - m} / \sum_j e^{x_j - m}`, :math:`m = \max_j x_j`.
 
@@ -45,7 +54,7 @@ def softmax(x: Array, /, axis: int = -1, *, dim: int | None = None) -> tuple[Arr
     -----
     Backward: :math:`\partial L/\partial x = y \odot (g - \langle g, y\rangle)`.
     """
-    xp = get_namespace(x, op="softmax", names=("x",))
+    xp, x = op_inputs("softmax", x=x)
     check_floating("softmax", "x", x, xp)
     name = "axis" if dim is None else "dim"
     axis = torch_alias("softmax", "axis", axis, -1, "dim", dim)
@@ -60,6 +69,7 @@ def softmax(x: Array, /, axis: int = -1, *, dim: int | None = None) -> tuple[Arr
     return y, SoftmaxCache(y, axis)
 
 
+@backward_op(SoftmaxCache)
 def softmax_backward(dy: Array, cache: SoftmaxCache, /) -> tuple[Array]:
     y, axis = cache
     xp, dy = cotangent_namespace("softmax_backward", dy, y, y.shape, y.dtype)
@@ -73,6 +83,7 @@ class LogSoftmaxCache(NamedTuple):
     axis: int
 
 
+@forward_op
 def log_softmax(
     x: Array, /, axis: int = -1, *, dim: int | None = None
 ) -> tuple[Array, LogSoftmaxCache]:
@@ -85,7 +96,7 @@ def log_softmax(
     -----
     Backward: :math:`\partial L/\partial x = g - e^{y} \sum_j g_j`.
     """
-    xp = get_namespace(x, op="log_softmax", names=("x",))
+    xp, x = op_inputs("log_softmax", x=x)
     check_floating("log_softmax", "x", x, xp)
     name = "axis" if dim is None else "dim"
     axis = torch_alias("log_softmax", "axis", axis, -1, "dim", dim)
@@ -98,6 +109,7 @@ def log_softmax(
     return y, LogSoftmaxCache(y, axis)
 
 
+@backward_op(LogSoftmaxCache)
 def log_softmax_backward(dy: Array, cache: LogSoftmaxCache, /) -> tuple[Array]:
     y, axis = cache
     xp, dy = cotangent_namespace("log_softmax_backward", dy, y, y.shape, y.dtype)
@@ -111,6 +123,7 @@ class SigmoidAsSoftmaxCache(NamedTuple):
     like: Array  # zero-size, of z's library, dtype and device (for the backward's check)
 
 
+@forward_op
 def sigmoid_as_softmax_logits(z: Array, /) -> tuple[Array, SigmoidAsSoftmaxCache]:
     r"""The 2-class logits ``[z, 0]`` (on a new last axis) whose softmax is ``[σ(z), 1 − σ(z)]``.
 
@@ -127,7 +140,7 @@ def sigmoid_as_softmax_logits(z: Array, /) -> tuple[Array, SigmoidAsSoftmaxCache
     -------
     logits : array, shape (*, 2)
     """
-    xp = get_namespace(z, op="sigmoid_as_softmax_logits", names=("z",))
+    xp, z = op_inputs("sigmoid_as_softmax_logits", z=z)
     check_floating("sigmoid_as_softmax_logits", "z", z, xp)
     logits = xp.stack([z, xp.zeros_like(z)], axis=-1)
     return logits, SigmoidAsSoftmaxCache(
@@ -135,6 +148,7 @@ def sigmoid_as_softmax_logits(z: Array, /) -> tuple[Array, SigmoidAsSoftmaxCache
     )
 
 
+@backward_op(SigmoidAsSoftmaxCache)
 def sigmoid_as_softmax_logits_backward(
     dlogits: Array, cache: SigmoidAsSoftmaxCache, /
 ) -> tuple[Array]:
