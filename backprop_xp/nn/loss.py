@@ -3,6 +3,9 @@
 ``backprop(dloss=None)`` takes the gradient of whatever is computed from the loss (``None``
 means 1, the usual ``loss.backward()``) and returns the gradient of ``input`` only; targets
 and class weights get none. With ``reduction="none"`` pass ``dloss`` of the loss's shape.
+
+Class weights (``weight``, ``pos_weight``) are buffers, as in torch: in ``state_dict`` under
+torch's keys when given, moved and cast by ``.to``.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
-from ..backend import device, get_namespace, namespace, to_namespace
-from .module import Backprop, Module, check_float_dtype, once
+from ..backend import get_namespace
+from ..functional._validation import int_option, real_option
+from .module import Backprop, Module, once
 
 __all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "MSELoss"]
 
@@ -20,7 +24,6 @@ Array = Any
 
 class _Loss(Module):
     _op = ""
-    _arrays: tuple[str, ...] = ()  # non-parameter arrays (class weights) that .to() moves
 
     def _options(self) -> dict[str, Any]:
         return {}
@@ -30,36 +33,22 @@ class _Loss(Module):
         backward = getattr(F, self._op + "_backward")
 
         def backprop(dloss: Array | None = None) -> Array:
-            xp = get_namespace(loss)
-            if dloss is None:
-                dloss = xp.ones_like(loss)
-            elif isinstance(dloss, (int, float)):  # backprop(1), as docs/nn.md shows
-                dloss = xp.asarray(dloss, dtype=loss.dtype, device=device(loss))
-            return backward(dloss, cache)[0]
+            # None is loss.backward()'s implicit 1; a number (backprop(1), as docs/nn.md
+            # shows) the op's backward takes itself for a 0-d loss
+            return backward(get_namespace(loss).ones_like(loss) if dloss is None else dloss, cache)[
+                0
+            ]
 
         return loss, once(type(self).__name__, backprop)
-
-    def _moved(self, backend: Any, device: Any, dtype: Any = None) -> None:
-        for name in self._arrays:
-            a = getattr(self, name)
-            if a is None:
-                continue
-            xp = namespace(backend) if isinstance(backend, str) else backend
-            if xp is None:
-                xp = get_namespace(a)
-            if backend is not None or device is not None:
-                a = to_namespace(a, xp, device)
-            if dtype is not None:  # class weights follow the model's dtype, as torch's buffers
-                a = xp.astype(a, check_float_dtype(f"{type(self).__name__}.to", xp, dtype))
-            object.__setattr__(self, name, a)
 
 
 class CrossEntropyLoss(_Loss):
     """``F.cross_entropy``: softmax cross-entropy of logits ``(N, C, ...)`` against class
     indices or probabilities (torch's ``nn.CrossEntropyLoss``)."""
 
+    weight: Array | None
+
     _op = "cross_entropy"
-    _arrays = ("weight",)
 
     def __init__(
         self,
@@ -69,10 +58,12 @@ class CrossEntropyLoss(_Loss):
         label_smoothing: float = 0.0,
     ):
         super().__init__()
-        self.weight = weight
-        self.ignore_index = ignore_index
+        self.register_buffer("weight", weight)  # torch's buffer: in state_dict when given
+        self.ignore_index = int_option("CrossEntropyLoss", "ignore_index", ignore_index)
         self.reduction = reduction
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = real_option(
+            "CrossEntropyLoss", "label_smoothing", label_smoothing, low=0.0, high=1.0
+        )
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -86,8 +77,10 @@ class CrossEntropyLoss(_Loss):
 class BCEWithLogitsLoss(_Loss):
     """``F.binary_cross_entropy_with_logits`` (torch's ``nn.BCEWithLogitsLoss``)."""
 
+    weight: Array | None
+    pos_weight: Array | None
+
     _op = "binary_cross_entropy_with_logits"
-    _arrays = ("weight", "pos_weight")
 
     def __init__(
         self,
@@ -96,9 +89,9 @@ class BCEWithLogitsLoss(_Loss):
         pos_weight: Array | None = None,
     ):
         super().__init__()
-        self.weight = weight
+        self.register_buffer("weight", weight)  # torch's buffers: in state_dict when given
         self.reduction = reduction
-        self.pos_weight = pos_weight
+        self.register_buffer("pos_weight", pos_weight)
 
     def _options(self) -> dict[str, Any]:
         return {"weight": self.weight, "reduction": self.reduction, "pos_weight": self.pos_weight}

@@ -176,31 +176,52 @@ def check_float_dtype(who: str, xp: ModuleType, dtype: Any, names_only: bool = F
 
 
 def _dtype_name(dtype: Any) -> str:
+    """``"float32"`` for NumPy's ``float32`` in either byte order, torch's ``torch.float32``,
+    array-api-strict's ``array_api_strict.float32``."""
+    name = getattr(dtype, "name", None)  # NumPy and CuPy dtypes; not byte-order dependent
+    if isinstance(name, str):
+        return name
     return str(dtype).rpartition(".")[2].removeprefix("dtype(").strip("')")
 
 
+def _is_array(a: Any) -> bool:
+    return hasattr(a, "shape") and hasattr(a, "dtype") and not isinstance(a, (int, float, complex))
+
+
 class Module:
-    """Base class of layers: named parameters, children, train/eval, state dicts, ``to``.
+    """Base class of layers: named parameters, buffers and children, train/eval, state
+    dicts, ``to``.
 
     Subclasses assign :class:`Parameter` and :class:`Module` attributes in ``__init__`` (they
-    are registered in assignment order, which fixes the ``state_dict`` key order) and
-    implement ``forward(...) -> (output, backprop)``.
+    are registered in assignment order, which fixes the ``state_dict`` key order), register
+    non-trainable arrays with :meth:`register_buffer`, and implement
+    ``forward(...) -> (output, backprop)``.
     """
 
     training: bool
     _parameters: dict[str, Parameter | None]
+    _buffers: dict[str, Array | None]
+    _non_persistent: set[str]
     _modules: dict[str, Module]
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "_non_persistent", set())
         object.__setattr__(self, "_modules", {})
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}: call Module.__init__() first")
+        if name in self._buffers and not isinstance(value, (Parameter, Module)):
+            # assigning to a registered buffer replaces the buffer, as in torch
+            self._buffers[name] = self._checked_buffer(name, value)
+            object.__setattr__(self, name, value)
+            return
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
+        self._buffers.pop(name, None)
         if isinstance(value, Parameter):
             self._parameters[name] = value
         elif isinstance(value, Module):
@@ -214,6 +235,37 @@ class Module:
             object.__setattr__(self, name, None)
         else:
             setattr(self, name, param)
+
+    def register_buffer(self, name: str, tensor: Array | None, persistent: bool = True) -> None:
+        """Register a non-trainable array (running statistics, a loss's class weights).
+
+        Buffers are saved in ``state_dict`` (unless ``persistent=False``) and loaded by
+        ``load_state_dict`` under their names, moved and cast by :meth:`to`, and never seen
+        by optimizers (they are not parameters). ``None`` reserves the name: such a buffer
+        is left out of ``state_dict``, as in torch. Assigning ``self.name = array`` later
+        replaces the buffer.
+        """
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"{type(self).__name__}.register_buffer: invalid name {name!r}")
+        if name in self._parameters or name in self._modules:
+            raise KeyError(
+                f"{type(self).__name__}.register_buffer: {name!r} is already a parameter or a "
+                f"submodule"
+            )
+        self._buffers[name] = self._checked_buffer(name, tensor)
+        if persistent:
+            self._non_persistent.discard(name)
+        else:
+            self._non_persistent.add(name)
+        object.__setattr__(self, name, tensor)
+
+    def _checked_buffer(self, name: str, tensor: Any) -> Any:
+        if tensor is not None and not _is_array(tensor):
+            raise TypeError(
+                f"{type(self).__name__}: buffer '{name}' expected an array or None, got "
+                f"{type(tensor).__name__}"
+            )
+        return tensor
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> tuple[Any, Backprop]:
@@ -259,6 +311,24 @@ class Module:
         for _, p in self.named_parameters():
             yield p
 
+    def named_buffers(
+        self, prefix: str = "", remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Array]]:
+        """``(name, array)`` for every buffer that is not None, with torch's dotted names
+        (``"0.running_mean"``); a buffer of a shared layer comes once unless
+        ``remove_duplicate=False``."""
+        seen: set[int] = set()
+        for mod_prefix, m in self.named_modules(prefix):
+            for name, b in m._buffers.items():
+                if b is None or (remove_duplicate and id(m) in seen):
+                    continue
+                yield (f"{mod_prefix}.{name}" if mod_prefix else name), b
+            seen.add(id(m))
+
+    def buffers(self) -> Iterator[Array]:
+        for _, b in self.named_buffers():
+            yield b
+
     # -- modes and gradients -----------------------------------------------------------------
     def train(self, mode: bool = True) -> Module:
         for m in self.modules():
@@ -274,48 +344,75 @@ class Module:
             p.grad = None
 
     # -- state -------------------------------------------------------------------------------
+    def _state_slots(self) -> Iterator[tuple[str, Module, str, bool]]:
+        """``(key, module, attribute, is_parameter)`` for every state_dict entry, in torch's
+        order: per module (pre-order), its parameters, then its persistent buffers."""
+        for prefix, m in self.named_modules():
+            dot = f"{prefix}." if prefix else ""
+            for name, p in m._parameters.items():
+                if p is not None:
+                    yield dot + name, m, name, True
+            for name, b in m._buffers.items():
+                if b is not None and name not in m._non_persistent:
+                    yield dot + name, m, name, False
+
     def state_dict(self) -> dict[str, Array]:
-        """Name → array (the parameters' current arrays, not copies), torch's names and order.
+        """Name → array: the parameters' and persistent buffers' current arrays (not copies),
+        under torch's names and in its order.
 
         A parameter shared by several layers appears under each of its names, as in torch.
         """
-        return {name: p.data for name, p in self.named_parameters(remove_duplicate=False)}
+        out: dict[str, Array] = {}
+        for key, m, name, is_param in self._state_slots():
+            out[key] = m._parameters[name].data if is_param else m._buffers[name]  # type: ignore[union-attr]
+        return out
 
     def load_state_dict(
         self, state_dict: Mapping[str, Array], strict: bool = True
     ) -> IncompatibleKeys:
-        """Copy arrays from ``state_dict`` (any library: NumPy, torch, ...) into the parameters.
+        """Copy arrays from ``state_dict`` (any library: NumPy, torch, ...) into the
+        parameters and buffers.
 
-        Arrays are moved to each parameter's library and device. Every missing, unexpected or
-        mismatched (shape or dtype) key is collected and reported in one
-        :class:`StateDictError`; nothing is loaded unless everything fits. ``strict=False``
-        tolerates missing and unexpected keys (mismatches still raise). Returns the missing
-        and unexpected keys, as torch's ``(missing_keys, unexpected_keys)``.
+        Every value is first checked (an array of the entry's shape and dtype; NumPy arrays
+        in either byte order) and converted to its entry's library and device; only when all
+        of them succeed is anything assigned, so a failure leaves the model unchanged. Every
+        missing, unexpected, mismatched or unconvertible key (a list, an object without a
+        dtype, a torch sparse or meta tensor) is reported in one :class:`StateDictError`.
+        ``strict=False`` tolerates missing and unexpected keys (the rest still raise).
+        Returns the missing and unexpected keys, as torch's ``(missing_keys,
+        unexpected_keys)``.
         """
-        own = dict(self.named_parameters(remove_duplicate=False))
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"load_state_dict: argument 'state_dict' expected a mapping of names to "
+                f"arrays, got {type(state_dict).__name__}"
+            )
+        slots = {key: (m, name, is_param) for key, m, name, is_param in self._state_slots()}
+        missing = [k for k in slots if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in slots]
         mismatched = []
-        for k, p in own.items():
-            if k not in state_dict:
+        converted: dict[str, Array] = {}
+        for key, (m, name, is_param) in slots.items():
+            if key not in state_dict:
                 continue
-            v = state_dict[k]
-            shape = tuple(getattr(v, "shape", ()))
-            if shape != p.shape:
-                mismatched.append(f"{k}: shape {shape} in the state dict, {p.shape} in the model")
-            elif _dtype_name(v.dtype) != _dtype_name(p.dtype):
-                mismatched.append(
-                    f"{k}: dtype {_dtype_name(v.dtype)} in the state dict, "
-                    f"{_dtype_name(p.dtype)} in the model"
-                )
+            v = state_dict[key]
+            own = m._parameters[name].data if is_param else m._buffers[name]  # type: ignore[union-attr]
+            problem = _load_problem(v, own)
+            if problem is None:
+                try:
+                    converted[key] = _converted(v, own)
+                except Exception as e:  # meta, sparse, ... tensors: whatever the library says
+                    problem = f"cannot be converted to the model's arrays ({type(e).__name__}: {e})"
+            if problem is not None:
+                mismatched.append(f"{key}: {problem}")
         if mismatched or (strict and (missing or unexpected)):
             raise StateDictError(missing, unexpected, mismatched)
-        for k, p in own.items():
-            if k in state_dict:
-                xp = get_namespace(p.data)
-                new = to_namespace(state_dict[k], xp, device_of(p.data))
-                # a fresh array, never a view into the caller's (or the file's) buffer
-                p.data = xp.asarray(new, copy=True)
+        for key, new in converted.items():
+            m, name, is_param = slots[key]
+            if is_param:
+                m._parameters[name].data = new  # type: ignore[union-attr]
+            else:
+                setattr(m, name, new)
         return IncompatibleKeys(missing, unexpected)
 
     def to(
@@ -324,9 +421,10 @@ class Module:
         device: Any = None,
         dtype: Any = None,
     ) -> Module:
-        """Move every parameter (and gradient) to ``backend`` (a name or namespace) and
-        ``device``; optionally cast floating parameters to ``dtype`` (a name, e.g.
-        ``"float64"``, or a dtype of the target namespace). Returns ``self``.
+        """Move every parameter (and gradient) and buffer to ``backend`` (a name or
+        namespace) and ``device``; optionally cast floating parameters and buffers to
+        ``dtype`` (a name, e.g. ``"float64"``, or a dtype of the target namespace; integer
+        buffers such as a step count keep theirs). Returns ``self``.
 
         The :class:`Parameter` objects stay the same, so an optimizer built before ``to``
         still holds them; its state (momentum buffers) does not move, so build the optimizer
@@ -340,6 +438,7 @@ class Module:
             check_float_dtype(
                 f"{type(self).__name__}.to", target or namespace("numpy"), dtype, names_only=True
             )
+        who = f"{type(self).__name__}.to"
         for p in self.parameters():
             xp = target or get_namespace(p.data)
             if move:
@@ -347,16 +446,21 @@ class Module:
                 if p.grad is not None:
                     p.grad = to_namespace(p.grad, xp, device)
             if dtype is not None:
-                dt = check_float_dtype(f"{type(self).__name__}.to", xp, dtype)
+                dt = check_float_dtype(who, xp, dtype)
                 p.data = xp.astype(p.data, dt)
                 if p.grad is not None:
                     p.grad = xp.astype(p.grad, dt)
         for m in self.modules():
-            m._moved(backend, device, dtype)
+            for name, b in list(m._buffers.items()):
+                if b is None:
+                    continue
+                xp = target or get_namespace(b)
+                if move:
+                    b = to_namespace(b, xp, device)
+                if dtype is not None and xp.isdtype(b.dtype, "real floating"):
+                    b = xp.astype(b, check_float_dtype(who, xp, dtype))
+                setattr(m, name, b)
         return self
-
-    def _moved(self, backend: Any, device: Any, dtype: Any = None) -> None:
-        """Hook for layers holding non-parameter arrays (a loss's class weights)."""
 
     # -- display -----------------------------------------------------------------------------
     def extra_repr(self) -> str:
@@ -370,6 +474,30 @@ class Module:
         if len(lines) == 1:
             return lines[0] + ")"
         return "\n".join(lines) + "\n)"
+
+
+def _load_problem(v: Any, own: Array) -> str | None:
+    """Why ``v`` cannot replace ``own`` in ``load_state_dict`` (None when it can)."""
+    if not _is_array(v):
+        return f"expected an array, got {type(v).__name__}"
+    shape = tuple(v.shape)
+    if shape != tuple(own.shape):
+        return f"shape {shape} in the state dict, {tuple(own.shape)} in the model"
+    if _dtype_name(v.dtype) != _dtype_name(own.dtype):
+        return (
+            f"dtype {_dtype_name(v.dtype)} in the state dict, {_dtype_name(own.dtype)} in the model"
+        )
+    return None
+
+
+def _converted(v: Array, own: Array) -> Array:
+    """``v`` as a fresh array of ``own``'s library, device and dtype (never a view into the
+    caller's or the file's buffer)."""
+    xp = get_namespace(own)
+    new = xp.asarray(to_namespace(v, xp, device_of(own)), copy=True)
+    if new.dtype != own.dtype:  # the same dtype in another byte order
+        new = xp.astype(new, own.dtype)
+    return new
 
 
 class OpLayer(Module):
