@@ -470,7 +470,7 @@ def test_optimizer_load_state_dict_refuses_mismatches_and_changes_nothing():
         "state": {"0": {"step": 2, "exp_avg": np.ones(3), "exp_avg_sq": np.ones(3)}},
         "param_groups": [{"lr": 0.1, "betas": None, "params": [0]}],
     }
-    with pytest.raises(ValueError, match="'betas' expected two numbers, got None"):
+    with pytest.raises(TypeError, match="'betas' expected two numbers, got None"):
         opt.load_state_dict(sd)
     assert opt.lr == 0.5 and opt.state == {}
     sd["param_groups"][0]["betas"] = [0.8, 0.9]

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from .. import functional as F
+from ..functional._validation import bool_option, int_option
 from ..functional._windows import as_tuple
 from .init import RNG, kaiming_uniform, resolve_rng, uniform
 from .module import Backprop, Module, OpLayer, Parameter, once
@@ -48,7 +49,11 @@ class _ConvNd(Module):
     ):
         super().__init__()
         name = type(self).__name__
-        if groups < 1 or in_channels % groups or out_channels % groups:
+        in_channels = int_option(name, "in_channels", in_channels, low=1)
+        out_channels = int_option(name, "out_channels", out_channels, low=1)
+        groups = int_option(name, "groups", groups, low=1)
+        bias = bool_option(name, "bias", bias)
+        if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"{name}: in_channels ({in_channels}) and out_channels ({out_channels}) must "
                 f"be divisible by groups ({groups})"
@@ -152,13 +157,14 @@ class _MaxPool(_Pool):
         ceil_mode: bool = False,
     ):
         super().__init__()
-        if return_indices:  # torch's position for it, so positional calls mean the same
+        name = type(self).__name__
+        if bool_option(name, "return_indices", return_indices):  # torch's position for it
             raise ValueError(
                 f"{type(self).__name__}: return_indices=True is not supported (the backprop "
                 f"routes each gradient to its window's maximum itself; there is no MaxUnpool)"
             )
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.dilation, self.ceil_mode = dilation, ceil_mode
+        self.dilation, self.ceil_mode = dilation, bool_option(name, "ceil_mode", ceil_mode)
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -180,8 +186,10 @@ class _AvgPool(_Pool):
         count_include_pad: bool = True,
     ):
         super().__init__()
+        name = type(self).__name__
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+        self.ceil_mode = bool_option(name, "ceil_mode", ceil_mode)
+        self.count_include_pad = bool_option(name, "count_include_pad", count_include_pad)
 
     def _options(self) -> dict[str, Any]:
         return {

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import functional as F
 from ..backend import device, get_namespace, random_uniform
-from ..functional._validation import torch_alias
+from ..functional._validation import bool_option, int_option, real_option, torch_alias
 from .init import RNG, kaiming_uniform, resolve_rng, uniform
 from .module import Backprop, Module, OpLayer, Parameter, once
 
@@ -71,6 +71,9 @@ class Linear(Module):
         dtype: str = "float32",
     ):
         super().__init__()
+        in_features = int_option("Linear", "in_features", in_features, low=0)
+        out_features = int_option("Linear", "out_features", out_features, low=0)
+        bias = bool_option("Linear", "bias", bias)
         self.in_features, self.out_features = in_features, out_features
         gen = resolve_rng(rng)
         self.weight = Parameter(
@@ -126,7 +129,7 @@ class LeakyReLU(OpLayer):
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        self.negative_slope = negative_slope
+        self.negative_slope = real_option("LeakyReLU", "negative_slope", negative_slope)
 
     def _options(self) -> dict[str, Any]:
         return {"negative_slope": self.negative_slope}
@@ -142,7 +145,7 @@ class ELU(OpLayer):
 
     def __init__(self, alpha: float = 1.0):
         super().__init__()
-        self.alpha = alpha
+        self.alpha = real_option("ELU", "alpha", alpha)
 
     def _options(self) -> dict[str, Any]:
         return {"alpha": self.alpha}
@@ -158,7 +161,8 @@ class Softplus(OpLayer):
 
     def __init__(self, beta: float = 1.0, threshold: float = 20.0):
         super().__init__()
-        self.beta, self.threshold = beta, threshold
+        self.beta = real_option("Softplus", "beta", beta)
+        self.threshold = real_option("Softplus", "threshold", threshold)
 
     def _options(self) -> dict[str, Any]:
         return {"beta": self.beta, "threshold": self.threshold}
@@ -218,8 +222,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, *, rng: int | None = None):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout: argument 'p' expected a probability in [0, 1], got {p}")
+        p = real_option("Dropout", "p", p, low=0.0, high=1.0)
         if rng is not None and (not isinstance(rng, (int, np.integer)) or isinstance(rng, bool)):
             raise TypeError(f"Dropout: argument 'rng' expected an int seed or None, got {rng!r}")
         self.p = p

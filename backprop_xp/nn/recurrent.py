@@ -24,6 +24,7 @@ from typing import Any
 
 from .. import functional as F
 from ..backend import device, get_namespace, to_namespace
+from ..functional._validation import bool_option, int_option, real_option
 from .init import RNG, resolve_rng, uniform
 from .layers import Dropout
 from .module import Backprop, Module, Parameter, once
@@ -72,8 +73,13 @@ class _RNNBase(Module):
     ):
         super().__init__()
         name = type(self).__name__
-        if num_layers < 1:
-            raise ValueError(f"{name}: argument 'num_layers' expected >= 1, got {num_layers}")
+        input_size = int_option(name, "input_size", input_size, low=0)
+        hidden_size = int_option(name, "hidden_size", hidden_size, low=0)
+        num_layers = int_option(name, "num_layers", num_layers, low=1)
+        bias = bool_option(name, "bias", bias)
+        batch_first = bool_option(name, "batch_first", batch_first)
+        bidirectional = bool_option(name, "bidirectional", bidirectional)
+        dropout = real_option(name, "dropout", dropout, low=0.0, high=1.0)
         if nonlinearity is not None and self._mode != "rnn":
             raise TypeError(f"{name}: unexpected argument 'nonlinearity' (only RNN has one)")
         nonlinearity = "tanh" if nonlinearity is None else nonlinearity

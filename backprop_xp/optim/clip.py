@@ -8,6 +8,7 @@ from types import ModuleType
 from typing import Any
 
 from ..backend import device, get_namespace
+from ..functional._validation import bool_option, real_option
 from ..nn.module import Module, Parameter
 
 __all__ = ["clip_grad_norm"]
@@ -75,12 +76,18 @@ def clip_grad_norm(
     array, 0-d
         The total norm before clipping (``0.0`` when there are no gradients).
     """
-    try:
-        p = float(norm_type)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"clip_grad_norm: argument 'norm_type' expected a number or 'inf', got {norm_type!r}"
-        ) from None
+    op = "clip_grad_norm"
+    if isinstance(norm_type, str):
+        try:
+            p = float(norm_type)
+        except ValueError:
+            raise ValueError(
+                f"{op}: argument 'norm_type' expected a number or 'inf', got {norm_type!r}"
+            ) from None
+    else:
+        p = real_option(op, "norm_type", norm_type)
+    max_norm = real_option(op, "max_norm", max_norm)
+    error_if_nonfinite = bool_option(op, "error_if_nonfinite", error_if_nonfinite)
     if isinstance(params, Module):
         params = params.parameters()
     elif isinstance(params, Parameter):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..functional._validation import int_option, real_option
 from .optimizer import Optimizer
 
 __all__ = ["CosineAnnealingLR", "LRScheduler", "StepLR"]
@@ -80,9 +81,8 @@ class StepLR(LRScheduler):
     """
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
-        if step_size < 1:
-            raise ValueError(f"StepLR: argument 'step_size' expected >= 1, got {step_size}")
-        self.step_size, self.gamma = step_size, gamma
+        self.step_size = int_option("StepLR", "step_size", step_size, low=1)
+        self.gamma = real_option("StepLR", "gamma", gamma)
         super().__init__(optimizer)
 
     def get_lr(self) -> float:
@@ -108,9 +108,8 @@ class CosineAnnealingLR(LRScheduler):
     """
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
-        if T_max < 1:
-            raise ValueError(f"CosineAnnealingLR: argument 'T_max' expected >= 1, got {T_max}")
-        self.T_max, self.eta_min = T_max, eta_min
+        self.T_max = int_option("CosineAnnealingLR", "T_max", T_max, low=1)
+        self.eta_min = real_option("CosineAnnealingLR", "eta_min", eta_min)
         super().__init__(optimizer)
 
     def get_lr(self) -> float:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..backend import device, get_namespace, to_namespace
+from ..functional._validation import bool_option, real_option
 from ..nn.module import Module, Parameter
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
@@ -38,6 +39,25 @@ class Optimizer:
     """
 
     _hyper: tuple[str, ...] = ()  # hyperparameters beside lr, as in torch's param group
+    _flags: tuple[str, ...] = ("nesterov", "maximize", "amsgrad")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Every hyperparameter is normalized when it is set (by __init__, a schedule, a
+        # user's ``opt.lr = ...`` or load_state_dict): a NumPy float64 lr would turn float32
+        # parameters float64 at the next step; a Python float never does.
+        if name in ("lr", "initial_lr") or name in self._hyper:
+            value = self._normalize(name, value)
+        object.__setattr__(self, name, value)
+
+    def _normalize(self, name: str, value: Any) -> Any:
+        who = type(self).__name__
+        if name == "initial_lr" and value is None:
+            return None
+        if name in self._flags:
+            return bool_option(who, name, value)
+        if name == "betas":
+            return self._pair(who, value)
+        return real_option(who, name, value)
 
     def __init__(self, params: Module | Iterable[Parameter], lr: float):
         if isinstance(params, Module):
@@ -51,6 +71,7 @@ class Optimizer:
                     f"{type(self).__name__}: item {i} of params is a {type(p).__name__}, "
                     f"not a Parameter"
                 )
+        lr = real_option(type(self).__name__, "lr", lr)
         _check(type(self).__name__, "lr", lr, not lr < 0, ">= 0 (a learning rate)")
         self.lr = lr
         self.initial_lr: float | None = None
@@ -143,8 +164,7 @@ class Optimizer:
                     f"{op}: the state dict has {k}={group[k]!r}, this optimizer "
                     f"{getattr(self, k)!r} (Adam with decoupled weight decay is AdamW here)"
                 )
-        if "betas" in hyper:
-            hyper["betas"] = self._pair(op, hyper["betas"])
+        hyper = {k: self._normalize(k, v) for k, v in hyper.items()}  # before any change
         saved = state_dict.get("state", {})
         new_state: dict[int, dict[str, Any]] = {}
         for i, (pid, p) in enumerate(zip(ids, self.params, strict=True)):
@@ -189,11 +209,9 @@ class Optimizer:
 
     @staticmethod
     def _pair(op: str, betas: Any) -> tuple[float, float]:
-        try:
-            b1, b2 = (float(b) for b in betas)
-        except (TypeError, ValueError):
-            raise ValueError(f"{op}: 'betas' expected two numbers, got {betas!r}") from None
-        return b1, b2
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"{op}: argument 'betas' expected two numbers, got {betas!r}")
+        return real_option(op, "betas[0]", betas[0]), real_option(op, "betas[1]", betas[1])
 
 
 class SGD(Optimizer):
@@ -224,6 +242,10 @@ class SGD(Optimizer):
         # torch's checks, comparison for comparison (NaN momentum passes, as in torch);
         # dampening is not checked
         name = type(self).__name__
+        momentum = real_option(name, "momentum", momentum)
+        dampening = real_option(name, "dampening", dampening)
+        weight_decay = real_option(name, "weight_decay", weight_decay)
+        nesterov = bool_option(name, "nesterov", nesterov)
         _check(name, "momentum", momentum, not momentum < 0, ">= 0")
         _check(name, "weight_decay", weight_decay, not weight_decay < 0, ">= 0")
         if nesterov and (momentum <= 0 or dampening != 0):
@@ -280,6 +302,9 @@ class Adam(Optimizer):
         maximize: bool = False,
     ):
         name = type(self).__name__
+        lr, eps = real_option(name, "lr", lr), real_option(name, "eps", eps)
+        betas = self._pair(name, betas)
+        weight_decay = real_option(name, "weight_decay", weight_decay)
         # torch's checks, comparison for comparison (NaN fails each)
         _check(name, "lr", lr, 0.0 <= lr, ">= 0 (a learning rate)")
         _check(name, "eps", eps, 0.0 <= eps, ">= 0")
