@@ -8,7 +8,8 @@ what was expected and what came.
   under NumPy 2; a Python float never does) and validated.
 - :func:`forward_op` and :func:`backward_op`: decorators of the public functions. The
   backward checks its cache's type; both return 0-d arrays, never NumPy scalars.
-- :func:`cotangent_namespace` / :func:`check_cotangent`: a backward's incoming gradient.
+- :func:`cotangent_namespace` / :func:`check_cotangent`: a backward's incoming gradient;
+  :func:`tuple_cotangents` for ops with several outputs (a tuple, ``None`` allowed).
 """
 
 from __future__ import annotations
@@ -270,6 +271,34 @@ def cotangent_namespace(
     check_is_array(op, name, g)  # before get_namespace, whose message would not say it
     xp = get_namespace(g, ref, op=op, names=(name, "cache"))
     return xp, check_cotangent(op, name, g, shape, dtype)
+
+
+def tuple_cotangents(
+    op: str,
+    grad: Any,
+    names: tuple[str, ...],
+    shapes: tuple[tuple[int, ...], ...],
+    ref: Array,
+) -> tuple[ModuleType, tuple[Array | None, ...]]:
+    """The backward of an op with several outputs takes a tuple of cotangents, one per output
+    (``None`` for an output without a gradient): each checked as :func:`check_cotangent`
+    against its output's shape and the dtype of the cache array ``ref``. Returns the
+    namespace and the cotangents."""
+    n = len(names)
+    if not isinstance(grad, (tuple, list)) or len(grad) != n:
+        raise ValueError(
+            f"{op}: argument 'grad' expected a tuple of {n} cotangents ({', '.join(names)}; "
+            f"None allowed), got {type(grad).__name__}"
+            + (f" of length {len(grad)}" if isinstance(grad, (tuple, list)) else "")
+        )
+    for name, g in zip(names, grad, strict=True):
+        if g is not None:
+            check_is_array(op, name, g)
+    xp = get_namespace(*grad, ref, op=op, names=(*names, "cache"))
+    return xp, tuple(
+        None if g is None else check_cotangent(op, name, g, shape, ref.dtype)
+        for name, g, shape in zip(names, grad, shapes, strict=True)
+    )
 
 
 def check_ndim(op: str, name: str, x: Array, ndim: int | Sequence[int], layout: str = "") -> None:

@@ -46,19 +46,18 @@ from array_api_compat import is_writeable_array
 from array_api_extra import at
 
 from .._config import index_checks_enabled
-from ..backend import device, get_namespace
+from ..backend import device
 from ._validation import (
     backward_op,
     check_choice,
-    check_cotangent,
     check_floating,
     check_integer,
-    check_is_array,
     check_ndim,
     forward_op,
     int_option,
     op_inputs,
     shape_error,
+    tuple_cotangents,
 )
 
 __all__ = [
@@ -161,32 +160,6 @@ def _check_truncate(op: str, truncate: int | None, T: int) -> int:
     if truncate is None:
         return T
     return min(int_option(op, "truncate", truncate, low=1), T)
-
-
-def _unpack_grads(
-    op: str,
-    grad: Any,
-    names: tuple[str, ...],
-    shapes: tuple[tuple[int, ...], ...],
-    ref: Array,
-) -> tuple[Array | None, ...]:
-    """The cotangents in ``grad``, checked: one per output (or None), each of its output's
-    shape, of the library and dtype of the cache's ``ref``."""
-    n = len(names)
-    if not isinstance(grad, (tuple, list)) or len(grad) != n:
-        raise ValueError(
-            f"{op}: argument 'grad' expected a tuple of {n} cotangents ({', '.join(names)}; "
-            f"None allowed), got {type(grad).__name__}"
-            + (f" of length {len(grad)}" if isinstance(grad, (tuple, list)) else "")
-        )
-    for name, g in zip(names, grad, strict=True):
-        if g is not None:
-            check_is_array(op, name, g)
-    get_namespace(*grad, ref, op=op, names=(*names, "cache"))
-    return tuple(
-        None if g is None else check_cotangent(op, name, g, shape, ref.dtype)
-        for name, g, shape in zip(names, grad, shapes, strict=True)
-    )
 
 
 def _gate_vector(xp: ModuleType, values: tuple[float, ...], H: int, like: Array) -> Array:
@@ -401,8 +374,7 @@ def rnn_backward(
     X, Hs, w_ih, w_hh, mask, nonlinearity, has_b_ih, has_b_hh = cache
     T, N, H = (int(s) for s in Hs.shape)
     T -= 1
-    dout, dh_n = _unpack_grads(op, grad, ("d_output", "d_h_n"), ((T, N, H), (N, H)), Hs)
-    xp = get_namespace(dout, dh_n, Hs, op=op, names=("d_output", "d_h_n", "cache"))
+    xp, (dout, dh_n) = tuple_cotangents(op, grad, ("d_output", "d_h_n"), ((T, N, H), (N, H)), Hs)
     dims = _Dims(T, N, int(X.shape[1]), H)
     k = _check_truncate(op, truncate, T)
     s = T - k
@@ -582,8 +554,7 @@ def lstm_backward(
     T, N, H = (int(s) for s in Hs.shape)
     T -= 1
     names = ("d_output", "d_h_n", "d_c_n")
-    dout, dh_n, dc_n = _unpack_grads(op, grad, names, ((T, N, H), (N, H), (N, H)), Hs)
-    xp = get_namespace(dout, dh_n, dc_n, Hs, op=op, names=(*names, "cache"))
+    xp, (dout, dh_n, dc_n) = tuple_cotangents(op, grad, names, ((T, N, H), (N, H), (N, H)), Hs)
     dims = _Dims(T, N, int(X.shape[1]), H)
     k = _check_truncate(op, truncate, T)
     s = T - k
@@ -767,8 +738,7 @@ def gru_backward(
     X, Hs, RZ, HN, NS, w_ih, w_hh, mask, has_b_ih, has_b_hh = cache
     T, N, H = (int(s) for s in Hs.shape)
     T -= 1
-    dout, dh_n = _unpack_grads(op, grad, ("d_output", "d_h_n"), ((T, N, H), (N, H)), Hs)
-    xp = get_namespace(dout, dh_n, Hs, op=op, names=("d_output", "d_h_n", "cache"))
+    xp, (dout, dh_n) = tuple_cotangents(op, grad, ("d_output", "d_h_n"), ((T, N, H), (N, H)), Hs)
     D = int(X.shape[1])
     k = _check_truncate(op, truncate, T)
     s = T - k
