@@ -1,8 +1,12 @@
 """Checkpoints in the safetensors format: a JSON header and raw little-endian tensor bytes.
 
-Loading runs no code (no pickle anywhere): the file is read as bytes, its header is checked
-field by field before any tensor is built, and every problem is a :class:`CheckpointError`
-naming the file. Save → load is bit-exact.
+Loading runs no code (no pickle anywhere) and reads only what a valid file needs: only a
+regular file is opened (a FIFO could block, a device never end); the 8-byte header length is
+checked against a limit and the file's size, then the header alone is read and checked field
+by field, every tensor's offsets against the file's size, before any tensor byte is read; each
+tensor's bytes then go straight into an array of its own, so loading takes about the file's
+size in memory. Every problem is a :class:`CheckpointError` naming the file. Save → load is
+bit-exact.
 
 bfloat16 (``BF16``, the upper 16 bits of a float32). NumPy has no bfloat16, so ``load``
 widens BF16 tensors exactly to float32 (the bits shifted left by 16, read as float32);
@@ -22,14 +26,16 @@ Layout (https://github.com/huggingface/safetensors)::
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import stat
 import struct
 import tempfile
 from collections.abc import Mapping
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -58,6 +64,11 @@ _DTYPES: dict[str, np.dtype] = {
     "BF16": np.dtype("<u2"),  # bytes read as uint16: the bit patterns (see the module doc)
 }
 _CODES = {dt.newbyteorder("="): code for code, dt in _DTYPES.items() if code != "BF16"}
+
+# (flags absent on some systems: Windows has no O_NONBLOCK, POSIX no O_BINARY)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_NOCTTY = getattr(os, "O_NOCTTY", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)
 
 
 class CheckpointError(ValueError):
@@ -185,40 +196,105 @@ def save(
         raise
 
 
-def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memoryview]:
-    """Validated header and the data section of the file at ``path``."""
+def _open_regular(path: str | os.PathLike[str]) -> tuple[io.FileIO, int]:
+    """``path`` open for reading, and its size. Only a regular file is opened: a FIFO would
+    block the open or the reads, a device (``/dev/zero``) would never end."""
+    fd = None
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):  # (a device is not even opened: opening some acts on them)
+            # O_NONBLOCK: should the path become a FIFO after the stat, the open does not wait
+            # for a writer (reads from a regular file ignore the flag)
+            fd = os.open(path, os.O_RDONLY | _O_NONBLOCK | _O_NOCTTY | _O_BINARY)
+            st = os.fstat(fd)  # what was opened, not what the path named a moment before
     except OSError as e:
+        if fd is not None:
+            os.close(fd)
         raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from e
-    if len(raw) < 8:
+    if not stat.S_ISREG(st.st_mode):
+        if fd is not None:
+            os.close(fd)
         raise CheckpointError(
-            path, f"truncated: {len(raw)} bytes, shorter than the 8-byte header length"
+            path,
+            f"not a regular file but {_file_kind(st.st_mode)}; only regular files are read "
+            f"(a FIFO or a device could block or never end)",
         )
-    (n,) = struct.unpack("<Q", raw[:8])
+    assert fd is not None  # (a regular file was opened)
+    return os.fdopen(fd, "rb", buffering=0), st.st_size
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def _fill(f: io.FileIO, buffer: memoryview, path: str | os.PathLike[str], what: str) -> None:
+    """Read exactly ``len(buffer)`` bytes of ``f`` into ``buffer``."""
+    done = 0
+    while done < len(buffer):
+        got = f.readinto(buffer[done:])  # (a read may return fewer bytes than asked)
+        if not got:  # the file was shorter than its size said: it shrank while we read
+            raise CheckpointError(path, f"truncated while reading {what}")
+        done += got
+
+
+class _Tensor(NamedTuple):
+    name: str
+    dtype: str  # the safetensors code
+    shape: tuple[int, ...]
+    begin: int  # offsets in the data section
+    end: int
+
+
+class _Header(NamedTuple):
+    tensors: list[_Tensor]  # in the header's order
+    metadata: dict[str, str]
+    data_start: int  # the offset of the data section in the file
+
+
+def _read_header(f: io.FileIO, size: int, path: str | os.PathLike[str]) -> _Header:
+    """The validated header of the open checkpoint ``f`` of ``size`` bytes; reads only the
+    header, and checks every tensor's offsets against ``size``."""
+    if size < 8:
+        raise CheckpointError(
+            path, f"truncated: {size} bytes, shorter than the 8-byte header length"
+        )
+    length = bytearray(8)
+    _fill(f, memoryview(length), path, "the header length")
+    (n,) = struct.unpack("<Q", length)
     if n > MAX_HEADER_BYTES:
         raise CheckpointError(
             path, f"header length {n} bytes exceeds the {MAX_HEADER_BYTES}-byte limit (corrupt?)"
         )
-    if 8 + n > len(raw):
-        raise CheckpointError(
-            path, f"truncated: header says {n} bytes but only {len(raw) - 8} follow"
-        )
+    if n > size - 8:
+        raise CheckpointError(path, f"truncated: header says {n} bytes but only {size - 8} follow")
+    text = bytearray(n)
+    _fill(f, memoryview(text), path, "the header")
     try:
-        header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+        header = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(path, f"header is not valid JSON ({e})") from e
+    del text
     if not isinstance(header, dict):
         raise CheckpointError(path, f"header is a JSON {type(header).__name__}, not an object")
-    data = memoryview(raw)[8 + n :]
-    spans = []
+    data_size = size - 8 - n
+    tensors = []
+    metadata: dict[str, str] = {}
     for name, info in header.items():
         if name == "__metadata__":
             if not isinstance(info, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in info.items()
             ):
                 raise CheckpointError(path, "'__metadata__' must map strings to strings")
+            metadata = info
             continue
         where = f"tensor {name!r}"
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
@@ -245,10 +321,10 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memoryview]:
                 path, f"{where}: data_offsets must be [begin, end] integers, got {offsets!r}"
             )
         begin, end = offsets
-        if not 0 <= begin <= end <= len(data):
+        if not 0 <= begin <= end <= data_size:
             raise CheckpointError(
                 path,
-                f"{where}: data_offsets [{begin}, {end}] outside the {len(data)}-byte data "
+                f"{where}: data_offsets [{begin}, {end}] outside the {data_size}-byte data "
                 f"section (truncated or corrupt)",
             )
         expected = math.prod(shape) * _DTYPES[dtype].itemsize
@@ -258,26 +334,40 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memoryview]:
                 f"{where}: {end - begin} bytes for dtype {dtype} and shape {shape}, which "
                 f"need {expected}",
             )
-        spans.append((begin, end, name))
-    spans.sort()
+        tensors.append(_Tensor(name, dtype, tuple(shape), begin, end))
     position = 0
-    for begin, end, name in spans:
-        if begin < position:
-            raise CheckpointError(path, f"tensor {name!r}: its bytes overlap another tensor's")
-        if begin > position:
-            raise CheckpointError(path, f"tensor {name!r}: unexplained bytes before its data")
-        position = end
-    if position != len(data):
+    for t in sorted(tensors, key=lambda t: (t.begin, t.end)):
+        if t.begin < position:
+            raise CheckpointError(path, f"tensor {t.name!r}: its bytes overlap another tensor's")
+        if t.begin > position:
+            raise CheckpointError(path, f"tensor {t.name!r}: unexplained bytes before its data")
+        position = t.end
+    if position != data_size:
         raise CheckpointError(
-            path, f"{len(data) - position} bytes after the last tensor (corrupt or appended)"
+            path, f"{data_size - position} bytes after the last tensor (corrupt or appended)"
         )
-    return header, data
+    return _Header(tensors, metadata, 8 + n)
+
+
+def _read_tensor(
+    f: io.FileIO, header: _Header, t: _Tensor, path: str | os.PathLike[str]
+) -> np.ndarray:
+    """Tensor ``t``'s bytes, read straight into a new array of its file dtype (owned,
+    writable, native byte order): no intermediate copy of the file."""
+    dt = _DTYPES[t.dtype]
+    host = np.empty(t.shape, dtype=dt)
+    f.seek(header.data_start + t.begin)
+    _fill(f, host.reshape(-1).view(np.uint8).data, path, f"tensor {t.name!r}")
+    if not dt.isnative:  # a big-endian host: swap in place
+        host = host.byteswap(inplace=True).view(dt.newbyteorder("="))
+    return host
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The ``metadata`` a checkpoint was saved with (empty if none)."""
-    header, _ = _read(path)
-    return dict(header.get("__metadata__", {}))
+    """The ``metadata`` a checkpoint was saved with (empty if none). Reads only the header."""
+    f, size = _open_regular(path)
+    with f:
+        return dict(_read_header(f, size, path).metadata)
 
 
 def load(
@@ -299,27 +389,28 @@ def load(
         length, non-JSON, unknown dtype, offsets out of range or overlapping, sizes that do
         not match the shape.
     """
-    header, data = _read(path)
     xp = None
     if backend is not None or device is not None:
         xp = namespace(backend) if isinstance(backend, str) else backend
         if xp is None:
             xp = namespace("numpy")
-    out: dict[str, Array] = {}
-    names = [k for k in header if k != "__metadata__"]
-    for name in names:
-        info = header[name]
-        begin, end = info["data_offsets"]
-        dt = _DTYPES[info["dtype"]]
-        host = np.frombuffer(data[begin:end], dtype=dt).reshape(tuple(info["shape"]))
-        host = host.astype(dt.newbyteorder("="), copy=True)  # own, writable, native order
-        if info["dtype"] == "BF16":
-            native = bfloat16_from_bits(host, xp, device) if xp is not None else None
-            if native is not None:
-                out[name] = native
-                continue
-            wide = host.astype(np.uint32)
-            wide <<= 16  # in place: a 0-d array stays an array
-            host = wide.view(np.float32)
-        out[name] = host if xp is None else to_namespace(host, xp, device)
-    return out
+    f, size = _open_regular(path)
+    with f:
+        header = _read_header(f, size, path)
+        loaded: dict[str, Array] = {}
+        for t in sorted(header.tensors, key=lambda t: t.begin):  # the file front to back
+            loaded[t.name] = _to_backend(_read_tensor(f, header, t, path), t.dtype, xp, device)
+    return {t.name: loaded[t.name] for t in header.tensors}
+
+
+def _to_backend(host: np.ndarray, code: str, xp: ModuleType | None, device: Any) -> Array:
+    """A host array as read from the file, in namespace ``xp`` (None: NumPy) on ``device``."""
+    if code == "BF16":
+        native = bfloat16_from_bits(host, xp, device) if xp is not None else None
+        if native is not None:
+            return native
+        wide = np.empty(host.shape, dtype=np.float32)
+        # the bits shifted into the upper half, written straight into the float32 array
+        np.left_shift(host, 16, out=wide.view(np.uint32), dtype=np.uint32)
+        host = wide
+    return host if xp is None else to_namespace(host, xp, device)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +125,119 @@ def test_truncation_anywhere_is_detected(tmp_path):
         path.write_bytes(data[:cut])
         with pytest.raises(CheckpointError):
             backprop_xp.load(path)
+
+
+# Run load in a child process that cannot hang or eat the machine: 1 GiB of address space, 20
+# seconds. Prints the CheckpointError, if any.
+_BOUNDED_LOAD = """
+import resource, signal, sys
+resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+signal.alarm(20)
+from backprop_xp.checkpoint import CheckpointError, load
+try:
+    load(sys.argv[1])
+except CheckpointError as e:
+    print("CheckpointError:", e)
+"""
+
+
+def _load_bounded(path: Path) -> subprocess.CompletedProcess[str]:
+    root = str(Path(backprop_xp.__file__).parent.parent)  # the package these tests import
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-c", _BOUNDED_LOAD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def _sparse_with_bad_header_length(path: Path) -> None:
+    with open(path, "wb") as f:
+        f.write(_file(b"{}", raw_len=2**40))
+        f.truncate(4 * 2**30)  # sparse: no disk used, but 4 GiB if read
+
+
+def _sparse_with_bytes_after_the_tensor(path: Path) -> None:
+    header = {"w": {"dtype": "F32", "shape": [2**30], "data_offsets": [0, 2**32]}}
+    with open(path, "wb") as f:
+        head = _file(header)
+        f.write(head)
+        f.truncate(len(head) + 2**32 + 1)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs, /dev/zero and rlimits are POSIX")
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (_fifo, "not a regular file but a FIFO"),
+        (_dev_zero, "not a regular file but a character device"),
+        (_sparse_with_bad_header_length, "exceeds"),
+        (_sparse_with_bytes_after_the_tensor, "1 bytes after the last tensor"),
+    ],
+)
+def test_files_that_could_hang_or_exhaust_memory_are_refused_unread(tmp_path, make, problem):
+    path = tmp_path / "bad.safetensors"
+    make(path)
+    proc = _load_bounded(path)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # not killed, no MemoryError
+    assert proc.stdout.startswith("CheckpointError:") and problem in proc.stdout, proc.stdout
+    assert str(path) in proc.stdout
+
+
+def _traced_peak(fn: Any, *args: Any) -> tuple[Any, int]:
+    """``fn(*args)`` and the peak memory tracemalloc saw it allocate (NumPy arrays included)."""
+    tracemalloc.start()
+    try:
+        out = fn(*args)
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("count", [1, 10])
+def test_loading_takes_about_the_file_size_in_memory(tmp_path, count):
+    from safetensors.numpy import save_file  # (written independently of our save)
+
+    n = 10 * 2**20 // count  # float32 elements per tensor: 40 MiB in all
+    path = tmp_path / "big.safetensors"
+    save_file({f"t{i}": np.full(n, i, dtype=np.float32) for i in range(count)}, str(path))
+    size = path.stat().st_size
+    state, peak = _traced_peak(backprop_xp.load, path)
+    assert peak < 1.3 * size, f"peak {peak / size:.2f}x the file size"
+    for i in range(count):
+        a = state[f"t{i}"]
+        assert a.shape == (n,) and a[0] == a[-1] == i
+        assert a.flags.writeable and a.flags.owndata and a.dtype.isnative
+    # the metadata alone costs the header, not the file
+    _, peak = _traced_peak(read_metadata, path)
+    assert peak < 2**20
+
+
+def test_bf16_widens_into_an_array_of_its_own(tmp_path):
+    header = {"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}
+    path = tmp_path / "b.safetensors"
+    path.write_bytes(_file(header, b"\xc0\x3f\x00\xc0"))  # 1.5, -2
+    w = backprop_xp.load(path)["w"]
+    assert w.tolist() == [1.5, -2.0] and w.flags.owndata and w.flags.writeable
+
+
+def test_a_file_that_shrinks_while_read_is_truncated(tmp_path):
+    from backprop_xp.checkpoint import _read_header
+
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(_file(b"{}      ", raw_len=16))  # the header says 16 bytes, 8 follow
+    with open(path, "rb", buffering=0) as f, pytest.raises(CheckpointError, match="while"):
+        _read_header(f, 100, path)  # as if the file had 100 bytes when it was opened
 
 
 def test_missing_file(tmp_path):
