@@ -30,6 +30,7 @@ import io
 import json
 import math
 import os
+import reprlib
 import stat
 import struct
 import tempfile
@@ -47,6 +48,12 @@ Array = Any
 
 # The header is JSON text for names, dtypes and shapes: far below this even for huge models.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_DIMS = 64  # NumPy's limit
+_MAX_ARRAY_BYTES = np.iinfo(np.intp).max
+
+# Shortened reprs for messages: a hostile header's values can be megabytes long
+_brief = reprlib.Repr()
+_brief.maxstring = _brief.maxother = _brief.maxlong = 60
 
 _DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"),
@@ -278,75 +285,143 @@ def _read_header(f: io.FileIO, size: int, path: str | os.PathLike[str]) -> _Head
         raise CheckpointError(path, f"truncated: header says {n} bytes but only {size - 8} follow")
     text = bytearray(n)
     _fill(f, memoryview(text), path, "the header")
+    tensors, metadata = _parse_header(text, size - 8 - n, path)
+    return _Header(tensors, metadata, 8 + n)
+
+
+class _NotAHeader(ValueError):
+    """Raised from inside the JSON parser (by the hooks below): what it refused."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):  # json keeps the last silently; other readers may keep the first
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _NotAHeader(f"key {_brief.repr(key)} appears twice in one object")
+            seen.add(key)
+    return obj
+
+
+def _integer(literal: str) -> int:
+    # int() of a long literal costs quadratic time (or a ValueError past Python's limit on
+    # digits); sizes and offsets are below 2**64, 20 digits
+    if len(literal.lstrip("-")) > 20:
+        raise _NotAHeader(
+            f"an integer of {len(literal)} digits (sizes and offsets have 20 at most)"
+        )
+    return int(literal)
+
+
+def _constant(literal: str) -> Any:
+    raise _NotAHeader(f"{literal} is not JSON")
+
+
+def _parse_header(
+    text: bytearray, data_size: int, path: str | os.PathLike[str]
+) -> tuple[list[_Tensor], dict[str, str]]:
+    """The tensors and metadata of the header ``text``, checked against a data section of
+    ``data_size`` bytes: every problem is a CheckpointError."""
     try:
-        header = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(
+            text.decode("utf-8"),
+            object_pairs_hook=_object,
+            parse_int=_integer,
+            parse_constant=_constant,
+        )
+    except UnicodeDecodeError as e:
+        raise CheckpointError(path, f"header is not UTF-8 text ({e})") from e
+    except _NotAHeader as e:
+        raise CheckpointError(path, f"header refused: {e}") from None
+    except RecursionError:  # the parser recurses once per nested array or object
+        raise CheckpointError(
+            path, "header nests arrays or objects far deeper than a safetensors header"
+        ) from None
+    except json.JSONDecodeError as e:
         raise CheckpointError(path, f"header is not valid JSON ({e})") from e
-    del text
     if not isinstance(header, dict):
-        raise CheckpointError(path, f"header is a JSON {type(header).__name__}, not an object")
-    data_size = size - 8 - n
+        kind = {list: "an array", str: "a string", type(None): "null"}.get(type(header), "a value")
+        raise CheckpointError(path, f"header is {kind} ({_brief.repr(header)}), not an object")
     tensors = []
     metadata: dict[str, str] = {}
     for name, info in header.items():
         if name == "__metadata__":
-            if not isinstance(info, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in info.items()
-            ):
-                raise CheckpointError(path, "'__metadata__' must map strings to strings")
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise CheckpointError(
+                    path, f"'__metadata__' must map strings to strings, got {_brief.repr(info)}"
+                )
             metadata = info
-            continue
-        where = f"tensor {name!r}"
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise CheckpointError(
-                path, f"{where}: expected keys dtype, shape, data_offsets, got {info!r}"
-            )
-        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _DTYPES:
-            raise CheckpointError(
-                path, f"{where}: unsupported dtype {dtype!r} (expected one of {sorted(_DTYPES)})"
-            )
-        if not isinstance(shape, list) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
-        ):
-            raise CheckpointError(
-                path, f"{where}: shape must be a list of sizes >= 0, got {shape!r}"
-            )
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-        ):
-            raise CheckpointError(
-                path, f"{where}: data_offsets must be [begin, end] integers, got {offsets!r}"
-            )
-        begin, end = offsets
-        if not 0 <= begin <= end <= data_size:
-            raise CheckpointError(
-                path,
-                f"{where}: data_offsets [{begin}, {end}] outside the {data_size}-byte data "
-                f"section (truncated or corrupt)",
-            )
-        expected = math.prod(shape) * _DTYPES[dtype].itemsize
-        if end - begin != expected:
-            raise CheckpointError(
-                path,
-                f"{where}: {end - begin} bytes for dtype {dtype} and shape {shape}, which "
-                f"need {expected}",
-            )
-        tensors.append(_Tensor(name, dtype, tuple(shape), begin, end))
+        else:
+            tensors.append(_check_tensor(name, info, data_size, path))
     position = 0
     for t in sorted(tensors, key=lambda t: (t.begin, t.end)):
+        where = f"tensor {_brief.repr(t.name)}"
         if t.begin < position:
-            raise CheckpointError(path, f"tensor {t.name!r}: its bytes overlap another tensor's")
+            raise CheckpointError(path, f"{where}: its bytes overlap another tensor's")
         if t.begin > position:
-            raise CheckpointError(path, f"tensor {t.name!r}: unexplained bytes before its data")
+            raise CheckpointError(path, f"{where}: unexplained bytes before its data")
         position = t.end
     if position != data_size:
         raise CheckpointError(
             path, f"{data_size - position} bytes after the last tensor (corrupt or appended)"
         )
-    return _Header(tensors, metadata, 8 + n)
+    return tensors, metadata
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_tensor(name: str, info: Any, data_size: int, path: str | os.PathLike[str]) -> _Tensor:
+    where = f"tensor {_brief.repr(name)}"
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise CheckpointError(
+            path, f"{where}: expected keys dtype, shape, data_offsets, got {_brief.repr(info)}"
+        )
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise CheckpointError(
+            path,
+            f"{where}: unsupported dtype {_brief.repr(dtype)} (expected one of {sorted(_DTYPES)})",
+        )
+    if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+        raise CheckpointError(
+            path, f"{where}: shape must be a list of sizes >= 0, got {_brief.repr(shape)}"
+        )
+    if len(shape) > MAX_DIMS:
+        raise CheckpointError(
+            path, f"{where}: {len(shape)} dimensions, more than the {MAX_DIMS} an array can have"
+        )
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_int, offsets)):
+        raise CheckpointError(
+            path,
+            f"{where}: data_offsets must be [begin, end] integers, got {_brief.repr(offsets)}",
+        )
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        raise CheckpointError(
+            path,
+            f"{where}: data_offsets [{begin}, {end}] outside the {data_size}-byte data section "
+            f"(truncated or corrupt)",
+        )
+    itemsize = _DTYPES[dtype].itemsize
+    expected = math.prod(shape) * itemsize
+    if end - begin != expected:
+        raise CheckpointError(
+            path,
+            f"{where}: {end - begin} bytes for dtype {dtype} and shape {_brief.repr(shape)}, "
+            f"which need {_brief.repr(expected)}",
+        )
+    # An empty tensor's other sizes are not bounded by its bytes, but NumPy still refuses a
+    # shape whose nonzero sizes multiply past its index range (BF16 loads as 4-byte float32)
+    nonzero = math.prod(s for s in shape if s) * (4 if dtype == "BF16" else itemsize)
+    if nonzero > _MAX_ARRAY_BYTES:
+        raise CheckpointError(
+            path,
+            f"{where}: shape {_brief.repr(shape)} is too large for an array, even an empty one",
+        )
+    return _Tensor(name, dtype, tuple(shape), begin, end)
 
 
 def _read_tensor(
@@ -360,6 +435,13 @@ def _read_tensor(
     _fill(f, host.reshape(-1).view(np.uint8).data, path, f"tensor {t.name!r}")
     if not dt.isnative:  # a big-endian host: swap in place
         host = host.byteswap(inplace=True).view(dt.newbyteorder("="))
+    # a bool is the byte 0 or 1: others are undefined behaviour to torch (and odd in NumPy)
+    if t.dtype == "BOOL" and host.size and host.view(np.uint8).max() > 1:
+        raise CheckpointError(
+            path,
+            f"tensor {_brief.repr(t.name)}: BOOL bytes must be 0 or 1, found "
+            f"{host.view(np.uint8).max()}",
+        )
     return host
 
 
@@ -385,9 +467,11 @@ def load(
     Raises
     ------
     CheckpointError
-        The file is missing, truncated, or its header is corrupt or hostile: absurd header
-        length, non-JSON, unknown dtype, offsets out of range or overlapping, sizes that do
-        not match the shape.
+        The file is missing, not a regular file, truncated, or its header is corrupt or
+        hostile: absurd header length, not UTF-8 JSON, nested too deep, integers too long,
+        a key twice, unknown dtype, more than 64 dimensions, offsets out of range,
+        overlapping or leaving gaps, sizes that do not match the shape; or a BOOL tensor
+        holds bytes other than 0 and 1.
     """
     xp = None
     if backend is not None or device is not None:
