@@ -5,8 +5,9 @@ regular file is opened (a FIFO could block, a device never end); the 8-byte head
 checked against a limit and the file's size, then the header alone is read and checked field
 by field, every tensor's offsets against the file's size, before any tensor byte is read; each
 tensor's bytes then go straight into an array of its own, so loading takes about the file's
-size in memory. Every problem is a :class:`CheckpointError` naming the file. Save → load is
-bit-exact.
+size in memory. Every problem with a file is a :class:`CheckpointError` naming it and the
+function; a path the OS cannot open is its ``OSError`` (``FileNotFoundError``, ...), naming
+it too. Save → load is bit-exact.
 
 bfloat16 (``BF16``, the upper 16 bits of a float32). NumPy has no bfloat16, so ``load``
 widens BF16 tensors exactly to float32 (the bits shifted left by 16, read as float32);
@@ -26,6 +27,7 @@ Layout (https://github.com/huggingface/safetensors)::
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -36,7 +38,7 @@ import struct
 import tempfile
 from collections.abc import Mapping
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import numpy as np
 
@@ -45,6 +47,7 @@ from .backend import bfloat16_from_bits, get_namespace, namespace, to_namespace,
 __all__ = ["CheckpointError", "load", "read_metadata", "save"]
 
 Array = Any
+FilePath: TypeAlias = "str | bytes | os.PathLike[str] | os.PathLike[bytes]"
 
 # The header is JSON text for names, dtypes and shapes: far below this even for huge models.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -81,9 +84,32 @@ _O_BINARY = getattr(os, "O_BINARY", 0)
 class CheckpointError(ValueError):
     """A checkpoint file is truncated, corrupt or not a safetensors file."""
 
-    def __init__(self, path: str | os.PathLike[str], problem: str):
-        self.path, self.problem = os.fspath(path), problem
-        super().__init__(f"checkpoint {self.path!r}: {problem}")
+    def __init__(self, path: FilePath, problem: str, *, function: str | None = None):
+        self.path, self.problem, self.function = os.fspath(path), problem, function
+        prefix = f"{function}: " if function else ""
+        super().__init__(f"{prefix}checkpoint {self.path!r}: {problem}")
+
+
+class _Source(NamedTuple):
+    """The checkpoint being read, for messages: the caller's path and function."""
+
+    path: str | bytes
+    function: str
+
+    def error(self, problem: str) -> CheckpointError:
+        return CheckpointError(self.path, problem, function=self.function)
+
+
+def _fspath(path: Any, function: str) -> str | bytes:
+    """``os.fspath(path)``; anything else is a TypeError before any file is touched (open()
+    would take an int, True included, as a file descriptor, and close it afterwards)."""
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise TypeError(
+            f"{function}: path must be a str, bytes or os.PathLike, got "
+            f"{type(path).__name__} {_brief.repr(path)}"
+        ) from None
 
 
 def _state_dict(model_or_state_dict: Any) -> Mapping[str, Array]:
@@ -127,7 +153,7 @@ def _relabel_bf16(data: bytes, names: set[str]) -> bytes:
 
 
 def save(
-    path: str | os.PathLike[str],
+    path: FilePath,
     model_or_state_dict: Any,
     metadata: Mapping[str, str] | None = None,
 ) -> None:
@@ -141,13 +167,15 @@ def save(
     Raises
     ------
     TypeError
-        A tensor's dtype has no safetensors code here (complex, float8, ...), or bad metadata.
+        ``path`` is not a str, bytes or os.PathLike (checked before anything else); a
+        tensor's dtype has no safetensors code here (complex, float8, ...), or bad metadata.
     FileNotFoundError
         The folder of ``path`` does not exist (the error names ``path``); other ``OSError``
         from writing also name ``path``, not the temporary file.
     """
     from safetensors.numpy import save as st_save
 
+    path = os.fsdecode(_fspath(path, "save"))
     state = _state_dict(model_or_state_dict)
     tensors: dict[str, np.ndarray] = {}
     bf16: set[str] = set()
@@ -184,7 +212,6 @@ def save(
     data = st_save(tensors, metadata=meta)
     if bf16:
         data = _relabel_bf16(data, bf16)
-    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
@@ -203,28 +230,32 @@ def save(
         raise
 
 
-def _open_regular(path: str | os.PathLike[str]) -> tuple[io.FileIO, int]:
-    """``path`` open for reading, and its size. Only a regular file is opened: a FIFO would
-    block the open or the reads, a device (``/dev/zero``) would never end."""
+def _open_regular(src: _Source) -> tuple[io.FileIO, int]:
+    """The checkpoint open for reading, and its size. Only a regular file is opened: a FIFO
+    would block the open or the reads, a device (``/dev/zero``) would never end. What the OS
+    refuses (a missing file, say) is its ``OSError``, naming the path."""
     fd = None
     try:
-        st = os.stat(path)
+        st = os.stat(src.path)
         if stat.S_ISREG(st.st_mode):  # (a device is not even opened: opening some acts on them)
             # O_NONBLOCK: should the path become a FIFO after the stat, the open does not wait
             # for a writer (reads from a regular file ignore the flag)
-            fd = os.open(path, os.O_RDONLY | _O_NONBLOCK | _O_NOCTTY | _O_BINARY)
+            fd = os.open(src.path, os.O_RDONLY | _O_NONBLOCK | _O_NOCTTY | _O_BINARY)
             st = os.fstat(fd)  # what was opened, not what the path named a moment before
+        elif stat.S_ISDIR(st.st_mode):  # as open() says it
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
     except OSError as e:
         if fd is not None:
             os.close(fd)
-        raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from e
+        raise type(e)(
+            e.errno, f"{src.function}: cannot read the checkpoint ({e.strerror})", src.path
+        ) from e
     if not stat.S_ISREG(st.st_mode):
         if fd is not None:
             os.close(fd)
-        raise CheckpointError(
-            path,
+        raise src.error(
             f"not a regular file but {_file_kind(st.st_mode)}; only regular files are read "
-            f"(a FIFO or a device could block or never end)",
+            f"(a FIFO or a device could block or never end)"
         )
     assert fd is not None  # (a regular file was opened)
     return os.fdopen(fd, "rb", buffering=0), st.st_size
@@ -243,13 +274,13 @@ def _file_kind(mode: int) -> str:
     return "a special file"
 
 
-def _fill(f: io.FileIO, buffer: memoryview, path: str | os.PathLike[str], what: str) -> None:
+def _fill(f: io.FileIO, buffer: memoryview, src: _Source, what: str) -> None:
     """Read exactly ``len(buffer)`` bytes of ``f`` into ``buffer``."""
     done = 0
     while done < len(buffer):
         got = f.readinto(buffer[done:])  # (a read may return fewer bytes than asked)
         if not got:  # the file was shorter than its size said: it shrank while we read
-            raise CheckpointError(path, f"truncated while reading {what}")
+            raise src.error(f"truncated while reading {what}")
         done += got
 
 
@@ -267,25 +298,23 @@ class _Header(NamedTuple):
     data_start: int  # the offset of the data section in the file
 
 
-def _read_header(f: io.FileIO, size: int, path: str | os.PathLike[str]) -> _Header:
+def _read_header(f: io.FileIO, size: int, src: _Source) -> _Header:
     """The validated header of the open checkpoint ``f`` of ``size`` bytes; reads only the
     header, and checks every tensor's offsets against ``size``."""
     if size < 8:
-        raise CheckpointError(
-            path, f"truncated: {size} bytes, shorter than the 8-byte header length"
-        )
+        raise src.error(f"truncated: {size} bytes, shorter than the 8-byte header length")
     length = bytearray(8)
-    _fill(f, memoryview(length), path, "the header length")
+    _fill(f, memoryview(length), src, "the header length")
     (n,) = struct.unpack("<Q", length)
     if n > MAX_HEADER_BYTES:
-        raise CheckpointError(
-            path, f"header length {n} bytes exceeds the {MAX_HEADER_BYTES}-byte limit (corrupt?)"
+        raise src.error(
+            f"header length {n} bytes exceeds the {MAX_HEADER_BYTES}-byte limit (corrupt?)"
         )
     if n > size - 8:
-        raise CheckpointError(path, f"truncated: header says {n} bytes but only {size - 8} follow")
+        raise src.error(f"truncated: header says {n} bytes but only {size - 8} follow")
     text = bytearray(n)
-    _fill(f, memoryview(text), path, "the header")
-    tensors, metadata = _parse_header(text, size - 8 - n, path)
+    _fill(f, memoryview(text), src, "the header")
+    tensors, metadata = _parse_header(text, size - 8 - n, src)
     return _Header(tensors, metadata, 8 + n)
 
 
@@ -319,7 +348,7 @@ def _constant(literal: str) -> Any:
 
 
 def _parse_header(
-    text: bytearray, data_size: int, path: str | os.PathLike[str]
+    text: bytearray, data_size: int, src: _Source
 ) -> tuple[list[_Tensor], dict[str, str]]:
     """The tensors and metadata of the header ``text``, checked against a data section of
     ``data_size`` bytes: every problem is a CheckpointError."""
@@ -331,41 +360,39 @@ def _parse_header(
             parse_constant=_constant,
         )
     except UnicodeDecodeError as e:
-        raise CheckpointError(path, f"header is not UTF-8 text ({e})") from e
+        raise src.error(f"header is not UTF-8 text ({e})") from e
     except _NotAHeader as e:
-        raise CheckpointError(path, f"header refused: {e}") from None
+        raise src.error(f"header refused: {e}") from None
     except RecursionError:  # the parser recurses once per nested array or object
-        raise CheckpointError(
-            path, "header nests arrays or objects far deeper than a safetensors header"
+        raise src.error(
+            "header nests arrays or objects far deeper than a safetensors header"
         ) from None
     except json.JSONDecodeError as e:
-        raise CheckpointError(path, f"header is not valid JSON ({e})") from e
+        raise src.error(f"header is not valid JSON ({e})") from e
     if not isinstance(header, dict):
         kind = {list: "an array", str: "a string", type(None): "null"}.get(type(header), "a value")
-        raise CheckpointError(path, f"header is {kind} ({_brief.repr(header)}), not an object")
+        raise src.error(f"header is {kind} ({_brief.repr(header)}), not an object")
     tensors = []
     metadata: dict[str, str] = {}
     for name, info in header.items():
         if name == "__metadata__":
             if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
-                raise CheckpointError(
-                    path, f"'__metadata__' must map strings to strings, got {_brief.repr(info)}"
+                raise src.error(
+                    f"'__metadata__' must map strings to strings, got {_brief.repr(info)}"
                 )
             metadata = info
         else:
-            tensors.append(_check_tensor(name, info, data_size, path))
+            tensors.append(_check_tensor(name, info, data_size, src))
     position = 0
     for t in sorted(tensors, key=lambda t: (t.begin, t.end)):
         where = f"tensor {_brief.repr(t.name)}"
         if t.begin < position:
-            raise CheckpointError(path, f"{where}: its bytes overlap another tensor's")
+            raise src.error(f"{where}: its bytes overlap another tensor's")
         if t.begin > position:
-            raise CheckpointError(path, f"{where}: unexplained bytes before its data")
+            raise src.error(f"{where}: unexplained bytes before its data")
         position = t.end
     if position != data_size:
-        raise CheckpointError(
-            path, f"{data_size - position} bytes after the last tensor (corrupt or appended)"
-        )
+        raise src.error(f"{data_size - position} bytes after the last tensor (corrupt or appended)")
     return tensors, metadata
 
 
@@ -373,43 +400,37 @@ def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _check_tensor(name: str, info: Any, data_size: int, path: str | os.PathLike[str]) -> _Tensor:
+def _check_tensor(name: str, info: Any, data_size: int, src: _Source) -> _Tensor:
     where = f"tensor {_brief.repr(name)}"
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-        raise CheckpointError(
-            path, f"{where}: expected keys dtype, shape, data_offsets, got {_brief.repr(info)}"
+        raise src.error(
+            f"{where}: expected keys dtype, shape, data_offsets, got {_brief.repr(info)}"
         )
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if not isinstance(dtype, str) or dtype not in _DTYPES:
-        raise CheckpointError(
-            path,
+        raise src.error(
             f"{where}: unsupported dtype {_brief.repr(dtype)} (expected one of {sorted(_DTYPES)})",
         )
     if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
-        raise CheckpointError(
-            path, f"{where}: shape must be a list of sizes >= 0, got {_brief.repr(shape)}"
-        )
+        raise src.error(f"{where}: shape must be a list of sizes >= 0, got {_brief.repr(shape)}")
     if len(shape) > MAX_DIMS:
-        raise CheckpointError(
-            path, f"{where}: {len(shape)} dimensions, more than the {MAX_DIMS} an array can have"
+        raise src.error(
+            f"{where}: {len(shape)} dimensions, more than the {MAX_DIMS} an array can have"
         )
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_int, offsets)):
-        raise CheckpointError(
-            path,
+        raise src.error(
             f"{where}: data_offsets must be [begin, end] integers, got {_brief.repr(offsets)}",
         )
     begin, end = offsets
     if not 0 <= begin <= end <= data_size:
-        raise CheckpointError(
-            path,
+        raise src.error(
             f"{where}: data_offsets [{begin}, {end}] outside the {data_size}-byte data section "
             f"(truncated or corrupt)",
         )
     itemsize = _DTYPES[dtype].itemsize
     expected = math.prod(shape) * itemsize
     if end - begin != expected:
-        raise CheckpointError(
-            path,
+        raise src.error(
             f"{where}: {end - begin} bytes for dtype {dtype} and shape {_brief.repr(shape)}, "
             f"which need {_brief.repr(expected)}",
         )
@@ -417,43 +438,41 @@ def _check_tensor(name: str, info: Any, data_size: int, path: str | os.PathLike[
     # shape whose nonzero sizes multiply past its index range (BF16 loads as 4-byte float32)
     nonzero = math.prod(s for s in shape if s) * (4 if dtype == "BF16" else itemsize)
     if nonzero > _MAX_ARRAY_BYTES:
-        raise CheckpointError(
-            path,
+        raise src.error(
             f"{where}: shape {_brief.repr(shape)} is too large for an array, even an empty one",
         )
     return _Tensor(name, dtype, tuple(shape), begin, end)
 
 
-def _read_tensor(
-    f: io.FileIO, header: _Header, t: _Tensor, path: str | os.PathLike[str]
-) -> np.ndarray:
+def _read_tensor(f: io.FileIO, header: _Header, t: _Tensor, src: _Source) -> np.ndarray:
     """Tensor ``t``'s bytes, read straight into a new array of its file dtype (owned,
     writable, native byte order): no intermediate copy of the file."""
     dt = _DTYPES[t.dtype]
     host = np.empty(t.shape, dtype=dt)
     f.seek(header.data_start + t.begin)
-    _fill(f, host.reshape(-1).view(np.uint8).data, path, f"tensor {t.name!r}")
+    _fill(f, host.reshape(-1).view(np.uint8).data, src, f"tensor {t.name!r}")
     if not dt.isnative:  # a big-endian host: swap in place
         host = host.byteswap(inplace=True).view(dt.newbyteorder("="))
     # a bool is the byte 0 or 1: others are undefined behaviour to torch (and odd in NumPy)
     if t.dtype == "BOOL" and host.size and host.view(np.uint8).max() > 1:
-        raise CheckpointError(
-            path,
+        raise src.error(
             f"tensor {_brief.repr(t.name)}: BOOL bytes must be 0 or 1, found "
             f"{host.view(np.uint8).max()}",
         )
     return host
 
 
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The ``metadata`` a checkpoint was saved with (empty if none). Reads only the header."""
-    f, size = _open_regular(path)
+def read_metadata(path: FilePath) -> dict[str, str]:
+    """The ``metadata`` a checkpoint was saved with (empty if none). Reads only the header,
+    and raises what :func:`load` raises for it."""
+    src = _Source(_fspath(path, "read_metadata"), "read_metadata")
+    f, size = _open_regular(src)
     with f:
-        return dict(_read_header(f, size, path).metadata)
+        return dict(_read_header(f, size, src).metadata)
 
 
 def load(
-    path: str | os.PathLike[str],
+    path: FilePath,
     backend: str | ModuleType | None = None,
     device: Any = None,
 ) -> dict[str, Array]:
@@ -466,24 +485,31 @@ def load(
 
     Raises
     ------
+    TypeError
+        ``path`` is not a str, bytes or os.PathLike (an int, say: never taken as a file
+        descriptor).
+    OSError
+        The OS's error for a path it cannot open (``FileNotFoundError``, ``PermissionError``,
+        ``IsADirectoryError``, ...), naming the path and ``load``.
     CheckpointError
-        The file is missing, not a regular file, truncated, or its header is corrupt or
+        The file is not a regular file (a FIFO, a device), truncated, or its header is corrupt or
         hostile: absurd header length, not UTF-8 JSON, nested too deep, integers too long,
         a key twice, unknown dtype, more than 64 dimensions, offsets out of range,
         overlapping or leaving gaps, sizes that do not match the shape; or a BOOL tensor
         holds bytes other than 0 and 1.
     """
+    src = _Source(_fspath(path, "load"), "load")
     xp = None
     if backend is not None or device is not None:
         xp = namespace(backend) if isinstance(backend, str) else backend
         if xp is None:
             xp = namespace("numpy")
-    f, size = _open_regular(path)
+    f, size = _open_regular(src)
     with f:
-        header = _read_header(f, size, path)
+        header = _read_header(f, size, src)
         loaded: dict[str, Array] = {}
         for t in sorted(header.tensors, key=lambda t: t.begin):  # the file front to back
-            loaded[t.name] = _to_backend(_read_tensor(f, header, t, path), t.dtype, xp, device)
+            loaded[t.name] = _to_backend(_read_tensor(f, header, t, src), t.dtype, xp, device)
     return {t.name: loaded[t.name] for t in header.tensors}
 
 

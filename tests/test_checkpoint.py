@@ -370,17 +370,75 @@ def test_bf16_widens_into_an_array_of_its_own(tmp_path):
 
 
 def test_a_file_that_shrinks_while_read_is_truncated(tmp_path):
-    from backprop_xp.checkpoint import _read_header
+    from backprop_xp.checkpoint import _read_header, _Source
 
     path = tmp_path / "m.safetensors"
     path.write_bytes(_file(b"{}      ", raw_len=16))  # the header says 16 bytes, 8 follow
     with open(path, "rb", buffering=0) as f, pytest.raises(CheckpointError, match="while"):
-        _read_header(f, 100, path)  # as if the file had 100 bytes when it was opened
+        _read_header(f, 100, _Source(str(path), "load"))  # as if it had 100 bytes when opened
 
 
-def test_missing_file(tmp_path):
-    with pytest.raises(CheckpointError, match="cannot be read"):
-        backprop_xp.load(tmp_path / "nope.safetensors")
+@pytest.mark.parametrize("read", [backprop_xp.load, read_metadata])
+def test_a_missing_file_is_a_file_not_found_error_naming_it(tmp_path, read):
+    path = tmp_path / "nope.safetensors"
+    with pytest.raises(FileNotFoundError, match=f"{read.__name__}: cannot read") as info:
+        read(path)
+    assert info.value.filename == str(path) and str(path) in str(info.value)
+    with pytest.raises(IsADirectoryError, match=f"{read.__name__}: cannot read") as info:
+        read(tmp_path)
+    assert info.value.filename == str(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads anything")
+def test_an_unreadable_file_is_a_permission_error(tmp_path):
+    path = tmp_path / "m.safetensors"
+    backprop_xp.save(path, _model())
+    path.chmod(0)
+    with pytest.raises(PermissionError, match="load: cannot read"):
+        backprop_xp.load(path)
+
+
+def test_corrupt_file_errors_name_the_function(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(b"\x01")
+    with pytest.raises(CheckpointError, match=r"^load: checkpoint '.*bad.safetensors': trunc"):
+        backprop_xp.load(path)
+    with pytest.raises(CheckpointError, match=r"^read_metadata: checkpoint") as info:
+        read_metadata(path)
+    assert info.value.path == str(path) and info.value.function == "read_metadata"
+
+
+@pytest.mark.parametrize("bad", [True, False, 0, 1, 2, None, 3.5, ["m.safetensors"]])
+def test_a_path_that_is_not_a_path_is_refused_before_anything_is_opened(tmp_path, bad):
+    path = tmp_path / "m.safetensors"
+    backprop_xp.save(path, _model())
+    # should a bool or small int be taken as a file descriptor (and closed): put it back
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    try:
+        for call in (
+            lambda: backprop_xp.load(bad),
+            lambda: read_metadata(bad),
+            lambda: backprop_xp.save(bad, _model()),
+        ):
+            with pytest.raises(TypeError, match=r"(load|read_metadata|save): path must be"):
+                call()
+    finally:
+        for fd, copy in enumerate(saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+    # an int that is an open file descriptor: neither read nor closed
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for call in (backprop_xp.load, read_metadata):
+            with pytest.raises(TypeError, match="got int"):
+                call(fd)
+        os.fstat(fd)  # still open
+    finally:
+        os.close(fd)
+    # bytes are a path, as os takes them
+    assert set(backprop_xp.load(os.fsencode(path))) == set(_model().state_dict())
+    backprop_xp.save(os.fsencode(tmp_path / "b.safetensors"), _model())
+    assert read_metadata(os.fsencode(tmp_path / "b.safetensors")) == {}
 
 
 def test_no_pickle_in_the_package():
