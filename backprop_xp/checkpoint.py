@@ -140,6 +140,70 @@ def _bfloat16_bits(a: Any) -> np.ndarray | None:
     return np.asarray((wide.view(np.uint32) >> 16).astype(np.uint16))  # 0-d stays an array
 
 
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"save: tensor {name!r}: names must be str, got {type(name).__name__}")
+    if not name or name == "__metadata__":
+        raise ValueError(
+            f"save: tensor {name!r}: names must be non-empty and not '__metadata__' (the "
+            f"header's key for the metadata)"
+        )
+    _check_text(name, f"save: tensor {name!r}: the name")
+
+
+def _check_text(text: str, what: str) -> None:
+    """The header is UTF-8: a str with a lone surrogate has no encoding."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} is not valid Unicode ({e.reason} at index {e.start})") from e
+
+
+def _check_metadata(metadata: Any) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise TypeError(
+            f"save: metadata must be a mapping of str to str, got {type(metadata).__name__}"
+        )
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(
+                f"save: metadata must map str to str, got {k!r}: {type(v).__name__} "
+                f"(encode other values, e.g. with json.dumps)"
+            )
+        _check_text(k, f"save: metadata key {k!r}")
+        _check_text(v, f"save: metadata {k!r}: the value")
+    return dict(metadata)
+
+
+def _host_tensor(name: str, a: Any) -> tuple[str, np.ndarray]:
+    """The safetensors code of array ``a`` and its data as a C-contiguous little-endian host
+    array (for BF16, the uint16 bit patterns)."""
+    where = f"save: tensor {name!r}"
+    if isinstance(a, (list, tuple)) or not (hasattr(a, "dtype") and hasattr(a, "shape")):
+        raise TypeError(
+            f"{where}: expected an array, got {type(a).__name__} (make it one with asarray)"
+        )
+    try:
+        bits = _bfloat16_bits(a)
+        host = bits if bits is not None else np.asarray(to_numpy(a))
+    except (TypeError, ValueError, NotImplementedError) as e:
+        # torch's float8 (NumPy has no such dtype), a meta tensor (no data), a sparse one, ...
+        raise TypeError(
+            f"{where}: cannot copy this {type(a).__name__} of dtype {a.dtype} to a NumPy "
+            f"array ({e}); save a dense copy of a dtype NumPy has (float32, say)"
+        ) from e
+    code = "BF16" if bits is not None else _CODES.get(host.dtype.newbyteorder("="))
+    if code is None:
+        codes = sorted(_CODES.values())
+        raise TypeError(f"{where} has unsupported dtype {host.dtype} (expected one of {codes})")
+    little = _DTYPES[code]
+    if host.dtype != little or not host.flags.c_contiguous:
+        host = host.astype(little, order="C")  # (not ascontiguousarray: it makes 0-d 1-d)
+    return code, host
+
+
 def _relabel_bf16(data: bytes, names: set[str]) -> bytes:
     """safetensors bytes with the uint16 tensors ``names`` marked BF16: the same bytes
     otherwise, the header re-padded to a multiple of 8 as safetensors pads it."""
@@ -167,8 +231,13 @@ def save(
     Raises
     ------
     TypeError
-        ``path`` is not a str, bytes or os.PathLike (checked before anything else); a
-        tensor's dtype has no safetensors code here (complex, float8, ...), or bad metadata.
+        ``path`` is not a str, bytes or os.PathLike; a value is not an array (a list, say) or
+        cannot be copied to a NumPy array (a meta or sparse tensor, float8); a dtype has no
+        safetensors code here (complex, ...); a name or the metadata is not str. Every tensor
+        is checked before anything is written, and the error names its key.
+    ValueError
+        A name is empty or ``"__metadata__"``, or a name or metadata string has no UTF-8
+        encoding (a lone surrogate).
     FileNotFoundError
         The folder of ``path`` does not exist (the error names ``path``); other ``OSError``
         from writing also name ``path``, not the temporary file.
@@ -177,38 +246,12 @@ def save(
 
     path = os.fsdecode(_fspath(path, "save"))
     state = _state_dict(model_or_state_dict)
-    tensors: dict[str, np.ndarray] = {}
-    bf16: set[str] = set()
-    for name, a in state.items():
-        if not isinstance(name, str) or not name or name == "__metadata__":
-            raise ValueError(f"save: invalid tensor name {name!r}")
-        bits = _bfloat16_bits(a)
-        if bits is not None:
-            host = bits
-            bf16.add(name)
-        else:
-            try:
-                host = np.asarray(to_numpy(a))
-            except TypeError as e:  # torch's float8 and other dtypes NumPy lacks
-                raise TypeError(
-                    f"save: tensor {name!r} has unsupported dtype {getattr(a, 'dtype', '?')} "
-                    f"(no NumPy equivalent: {e}); cast it to float32 first"
-                ) from e
-        if not host.flags.c_contiguous:  # (not ascontiguousarray: it makes 0-d arrays 1-d)
-            host = host.copy(order="C")
-        if host.dtype.newbyteorder("=") not in _CODES:
-            raise TypeError(f"save: tensor {name!r} has unsupported dtype {host.dtype}")
-        tensors[name] = host
-    meta = None
-    if metadata is not None:
-        meta = {}
-        for k, v in metadata.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise TypeError(
-                    f"save: metadata must map str to str, got {k!r}: {type(v).__name__} "
-                    f"(encode other values, e.g. with json.dumps)"
-                )
-            meta[k] = v
+    for name in state:  # all names before any array is copied
+        _check_name(name)
+    meta = _check_metadata(metadata)
+    hosts = {name: _host_tensor(name, a) for name, a in state.items()}  # before any write
+    tensors = {name: host for name, (_, host) in hosts.items()}
+    bf16 = {name for name, (code, _) in hosts.items() if code == "BF16"}
     data = st_save(tensors, metadata=meta)
     if bf16:
         data = _relabel_bf16(data, bf16)

@@ -604,8 +604,86 @@ def test_bf16_save_round_trip_is_bit_exact(tmp_path, rng):
 
 def test_save_names_the_key_of_a_dtype_numpy_lacks(tmp_path):
     torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match=r"save: tensor 'q' has unsupported dtype .*float8"):
+    with pytest.raises(TypeError, match=r"save: tensor 'q': cannot copy .*float8"):
         backprop_xp.save(tmp_path / "q", {"q": torch.zeros(2, dtype=torch.float8_e4m3fn)})
+    assert not list(tmp_path.iterdir())
+
+
+def _torch(make: str) -> Any:
+    torch = pytest.importorskip("torch")
+    return {
+        "meta": lambda: torch.zeros(3, device="meta"),
+        "meta bf16": lambda: torch.zeros(3, device="meta", dtype=torch.bfloat16),
+        "sparse": lambda: torch.eye(3).to_sparse(),
+        "complex": lambda: torch.zeros(2, dtype=torch.complex64),
+    }[make]()
+
+
+# A value save cannot write, under the key "bad", and what the error says after the key
+BAD_VALUES = [
+    pytest.param(lambda: _torch("meta"), TypeError, ": cannot copy this Tensor .*meta", id="meta"),
+    pytest.param(
+        lambda: _torch("meta bf16"),
+        TypeError,
+        ": cannot copy this Tensor of dtype torch.bfloat16",
+        id="meta bf16",
+    ),
+    pytest.param(lambda: _torch("sparse"), TypeError, ": cannot copy .*Sparse", id="sparse"),
+    pytest.param(
+        lambda: _torch("complex"), TypeError, " has unsupported dtype complex64", id="torch complex"
+    ),
+    pytest.param(
+        lambda: np.zeros(2, dtype=np.complex64),
+        TypeError,
+        " has unsupported dtype complex64",
+        id="numpy complex",
+    ),
+    pytest.param(lambda: np.array(["a"]), TypeError, " has unsupported dtype <U1", id="numpy str"),
+    pytest.param(object, TypeError, ": expected an array, got object", id="object"),
+    pytest.param(lambda: [1.0, 2.0], TypeError, ": expected an array, got list", id="list"),
+    pytest.param(lambda: (1.0, 2.0), TypeError, ": expected an array, got tuple", id="tuple"),
+    pytest.param(lambda: 1.5, TypeError, ": expected an array, got float", id="float"),
+    pytest.param(lambda: None, TypeError, ": expected an array, got NoneType", id="None"),
+    pytest.param(lambda: "w", TypeError, ": expected an array, got str", id="str"),
+]
+
+
+@pytest.mark.parametrize(("make", "error", "problem"), BAD_VALUES)
+def test_save_names_the_tensor_it_cannot_write_and_writes_nothing(tmp_path, make, error, problem):
+    path = tmp_path / "m.safetensors"
+    backprop_xp.save(path, {"ok": np.ones(2)})
+    before = path.read_bytes()
+    with pytest.raises(error, match=rf"^save: tensor 'bad'({problem})"):
+        backprop_xp.save(path, {"ok": np.zeros(3), "bad": make()})  # a good tensor first
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "problem"),
+    [
+        (1, TypeError, "tensor 1: names must be str, got int"),
+        (b"w", TypeError, "tensor b'w': names must be str, got bytes"),
+        (("a", "b"), TypeError, r"tensor \('a', 'b'\): names must be str"),
+        ("", ValueError, "tensor '': names must be non-empty"),
+        ("__metadata__", ValueError, "tensor '__metadata__': names must be non-empty and not"),
+        ("w\ud800", ValueError, r"tensor 'w\\ud800': the name is not valid Unicode"),
+    ],
+)
+def test_save_refuses_odd_names_before_copying_anything(tmp_path, name, error, problem):
+    path = tmp_path / "m.safetensors"
+    with pytest.raises(error, match=f"^save: {problem}"):
+        backprop_xp.save(path, {"ok": np.zeros(3), name: np.ones(2)})
+    assert not list(tmp_path.iterdir())
+
+
+def test_save_refuses_bad_metadata(tmp_path):
+    path = tmp_path / "m.safetensors"
+    with pytest.raises(TypeError, match="save: metadata must be a mapping of str to str, got list"):
+        backprop_xp.save(path, _model(), metadata=[("a", "b")])
+    with pytest.raises(TypeError, match="str to str, got 'a': bytes"):
+        backprop_xp.save(path, _model(), metadata={"a": b"b"})
+    with pytest.raises(ValueError, match="save: metadata 'a': the value is not valid Unicode"):
+        backprop_xp.save(path, _model(), metadata={"a": "\udc80"})
     assert not list(tmp_path.iterdir())
 
 
