@@ -17,6 +17,10 @@ with ``backend="torch"`` they load as ``torch.bfloat16``, bit for bit
 the host, the upper 16 bits kept; ``load(..., backend="torch")`` then gives it back bit for
 bit. A float32 array (a BF16 tensor loaded into NumPy, say) is saved as F32.
 
+``save`` writes the header itself, as safetensors does (tensors sorted by dtype then name,
+compact JSON, padded to 8 bytes) but with the metadata keys sorted: the same tensors and
+metadata give the same bytes in any process.
+
 Layout (https://github.com/huggingface/safetensors)::
 
     8 bytes   N, the header length (unsigned little-endian 64-bit)
@@ -74,6 +78,14 @@ _DTYPES: dict[str, np.dtype] = {
     "BF16": np.dtype("<u2"),  # bytes read as uint16: the bit patterns (see the module doc)
 }
 _CODES = {dt.newbyteorder("="): code for code, dt in _DTYPES.items() if code != "BF16"}
+# safetensors writes the tensors sorted by dtype in this order (its Dtype enum, largest
+# alignment first), then by name: the same order here writes the bytes it writes
+_ORDER = {
+    code: i
+    for i, code in enumerate(
+        ("U64", "I64", "F64", "F32", "U32", "I32", "BF16", "F16", "U16", "I16", "I8", "U8", "BOOL")
+    )
+}
 
 # (flags absent on some systems: Windows has no O_NONBLOCK, POSIX no O_BINARY)
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -204,18 +216,6 @@ def _host_tensor(name: str, a: Any) -> tuple[str, np.ndarray]:
     return code, host
 
 
-def _relabel_bf16(data: bytes, names: set[str]) -> bytes:
-    """safetensors bytes with the uint16 tensors ``names`` marked BF16: the same bytes
-    otherwise, the header re-padded to a multiple of 8 as safetensors pads it."""
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    for name in names:
-        header[name]["dtype"] = "BF16"
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + data[8 + n :]
-
-
 def save(
     path: FilePath,
     model_or_state_dict: Any,
@@ -223,10 +223,13 @@ def save(
 ) -> None:
     """Write a model's ``state_dict()`` (or a mapping name → array, any library) to ``path``.
 
-    Arrays are copied to the host once. ``metadata`` is a small mapping of strings stored in
-    the header (read it back with :func:`read_metadata`). The file is written to a temporary
-    name in the same folder and renamed, so an interrupted save never leaves a torn file.
-    bfloat16 arrays (torch's) are written as BF16, bit for bit.
+    Arrays are copied to the host once (not at all for C-contiguous NumPy arrays) and their
+    bytes written from there. ``metadata`` is a small mapping of strings stored in the header
+    (read it back with :func:`read_metadata`). The tensors go in safetensors' order (by
+    dtype, then name) and the metadata keys sorted, so the same state dict and metadata give
+    the same bytes in any process. The file is written to a temporary name in the same
+    folder and renamed, so an interrupted save never leaves a torn file. bfloat16 arrays
+    (torch's) are written as BF16, bit for bit.
 
     Raises
     ------
@@ -242,19 +245,13 @@ def save(
         The folder of ``path`` does not exist (the error names ``path``); other ``OSError``
         from writing also name ``path``, not the temporary file.
     """
-    from safetensors.numpy import save as st_save
-
     path = os.fsdecode(_fspath(path, "save"))
     state = _state_dict(model_or_state_dict)
     for name in state:  # all names before any array is copied
         _check_name(name)
     meta = _check_metadata(metadata)
     hosts = {name: _host_tensor(name, a) for name, a in state.items()}  # before any write
-    tensors = {name: host for name, (_, host) in hosts.items()}
-    bf16 = {name for name, (code, _) in hosts.items() if code == "BF16"}
-    data = st_save(tensors, metadata=meta)
-    if bf16:
-        data = _relabel_bf16(data, bf16)
+    chunks = _file_chunks(hosts, meta)
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
@@ -263,7 +260,8 @@ def save(
         raise type(e)(e.errno, f"save: cannot create a file in {folder!r} ({why})", path) from e
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:  # each array's bytes straight from the array
+                f.write(chunk)
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
@@ -271,6 +269,31 @@ def save(
         if isinstance(e, OSError):
             raise type(e)(e.errno, f"save: cannot write {path!r} ({e.strerror})", path) from e
         raise
+
+
+def _file_chunks(
+    hosts: dict[str, tuple[str, np.ndarray]], metadata: dict[str, str] | None
+) -> list[bytes | memoryview]:
+    """The bytes of the safetensors file of ``hosts`` (name → code, host array) and
+    ``metadata``, in order: the header's, then each array's own memory (no copy). The same
+    tensors and metadata give the same bytes in any process: the bytes safetensors writes,
+    but for the order of two or more metadata keys, which it leaves to chance."""
+    order = sorted(hosts, key=lambda name: (_ORDER[hosts[name][0]], name))
+    header: dict[str, Any] = {}
+    if metadata is not None:
+        header["__metadata__"] = dict(sorted(metadata.items()))
+    begin = 0
+    for name in order:
+        code, host = hosts[name]
+        end = begin + host.nbytes
+        header[name] = {"dtype": code, "shape": list(host.shape), "data_offsets": [begin, end]}
+        begin = end
+    # as safetensors writes it: compact, UTF-8, spaces up to a multiple of 8 bytes
+    text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    chunks: list[bytes | memoryview] = [struct.pack("<Q", len(text)), text]
+    chunks += [hosts[name][1].reshape(-1).view(np.uint8).data for name in order]
+    return chunks
 
 
 def _open_regular(src: _Source) -> tuple[io.FileIO, int]:

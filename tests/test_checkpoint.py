@@ -687,6 +687,97 @@ def test_save_refuses_bad_metadata(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+# Save the same tensors and metadata, built in the order argv[2] says, and print the hash
+_SAVE_AND_HASH = """
+import hashlib, sys
+import numpy as np
+import backprop_xp
+keys = [f"key{i}" for i in range(20)]
+names = ["w", "b", "émbed", "z", "a.b", "A"]
+if sys.argv[2] == "reversed":
+    keys, names = keys[::-1], names[::-1]
+rng = np.random.default_rng(0)
+values = {n: rng.standard_normal((3, 2)).astype(np.float32) for n in sorted(names)}
+values["b"] = np.arange(4, dtype=np.int64)
+backprop_xp.save(sys.argv[1], {n: values[n] for n in names}, metadata={k: k * 2 for k in keys})
+with open(sys.argv[1], "rb") as f:
+    print(hashlib.sha256(f.read()).hexdigest())
+"""
+
+
+def test_the_same_state_saves_to_the_same_bytes_in_any_process(tmp_path):
+    root = str(Path(backprop_xp.__file__).parent.parent)
+    hashes = set()
+    for seed, order in (("1", "forward"), ("2", "reversed"), ("3", "forward")):
+        path = tmp_path / f"m{seed}.safetensors"
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": root}
+        proc = subprocess.run(
+            [sys.executable, "-c", _SAVE_AND_HASH, str(path), order],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        hashes.add(proc.stdout.strip())
+    assert len(hashes) == 1
+    assert list(read_metadata(tmp_path / "m1.safetensors")) == sorted(f"key{i}" for i in range(20))
+
+
+def test_save_writes_the_bytes_safetensors_writes(tmp_path, rng):
+    from safetensors.numpy import save as st_save
+
+    dtypes = [np.float64, np.int64, np.uint64, np.float32, np.int32, np.uint32, np.float16]
+    dtypes += [np.int16, np.uint16, np.int8, np.uint8, np.bool_]
+    names = ["w", "b", "a", "Z", "é", 'x\n"\\\x01\x7f\u2028/', "0", "layer.10", "layer.9"]
+    state = {}
+    for i, dt in enumerate(dtypes * 2):
+        name = f"{names[i % len(names)]}{i}"
+        state[name] = (rng.standard_normal((i % 3, 2, i % 5)) * 50).astype(dt)
+    state["scalar"] = np.array(2.5, dtype=np.float32)
+    state["strided"] = rng.standard_normal((4, 6))[::2, ::3]
+    contiguous = {k: np.ascontiguousarray(v) if v.ndim else v for k, v in state.items()}
+    for metadata in (None, {"k": "v"}, {"é\t": "x\u0000y"}):
+        path = tmp_path / "m.safetensors"
+        backprop_xp.save(path, state, metadata=metadata)
+        assert path.read_bytes() == st_save(contiguous, metadata=metadata), metadata
+    backprop_xp.save(path, {})
+    assert path.read_bytes() == st_save({})
+
+
+def test_save_of_nothing_with_empty_metadata_is_a_valid_file(tmp_path):
+    # (safetensors 0.8 writes '{},"__metadata__":{}}' for this, which is not JSON)
+    path = tmp_path / "m.safetensors"
+    backprop_xp.save(path, {}, metadata={})
+    assert backprop_xp.load(path) == {} and read_metadata(path) == {}
+    from safetensors.numpy import load_file
+
+    assert load_file(str(path)) == {}
+
+
+def test_bf16_tensors_sit_where_safetensors_torch_puts_them(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save as torch_save
+
+    state = {
+        "a": torch.ones(2, dtype=torch.float16),
+        "b": torch.ones(2, dtype=torch.int16),
+        "z": torch.ones(2, dtype=torch.bfloat16),
+        "y": torch.ones(2, dtype=torch.float32),
+    }
+    path = tmp_path / "m.safetensors"
+    backprop_xp.save(path, state)
+    assert path.read_bytes() == torch_save(state)
+
+
+def test_save_writes_each_array_without_copying_the_file_in_memory(tmp_path):
+    state = {"w": np.ones(10 * 2**20, dtype=np.float32), "b": np.ones(3)}  # 40 MiB
+    path = tmp_path / "m.safetensors"
+    _, peak = _traced_peak(backprop_xp.save, path, state)
+    assert peak < 0.1 * state["w"].nbytes, f"peak {peak / state['w'].nbytes:.2f}x"
+    assert backprop_xp.load(path)["w"].tobytes() == state["w"].tobytes()
+
+
 def test_save_into_a_missing_folder_names_the_path(tmp_path):
     path = tmp_path / "no" / "such" / "m.safetensors"
     with pytest.raises(FileNotFoundError, match="does not exist") as info:
