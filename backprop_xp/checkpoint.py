@@ -31,15 +31,16 @@ Layout (https://github.com/huggingface/safetensors)::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import math
 import os
 import reprlib
+import secrets
 import stat
 import struct
-import tempfile
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, NamedTuple, TypeAlias
@@ -227,9 +228,13 @@ def save(
     bytes written from there. ``metadata`` is a small mapping of strings stored in the header
     (read it back with :func:`read_metadata`). The tensors go in safetensors' order (by
     dtype, then name) and the metadata keys sorted, so the same state dict and metadata give
-    the same bytes in any process. The file is written to a temporary name in the same
-    folder and renamed, so an interrupted save never leaves a torn file. bfloat16 arrays
-    (torch's) are written as BF16, bit for bit.
+    the same bytes in any process. bfloat16 arrays (torch's) are written as BF16, bit for bit.
+
+    The file is written to a temporary name in the folder of its target, flushed to disk and
+    renamed over it, so an interrupted save (or a crash) never leaves a torn file. Like a
+    plain ``open(path, "wb")``: a new file gets the mode the umask gives (0o644 under umask
+    0o022), an overwritten one keeps its permission bits (though not its owner: it is a new
+    file), and through a symlink the link's target gets the new file (the link stays).
 
     Raises
     ------
@@ -252,23 +257,52 @@ def save(
     meta = _check_metadata(metadata)
     hosts = {name: _host_tensor(name, a) for name, a in state.items()}  # before any write
     chunks = _file_chunks(hosts, meta)
-    folder = os.path.dirname(os.path.abspath(path))
+    _write_atomically(path, chunks)
+
+
+def _write_atomically(path: str, chunks: list[bytes | memoryview]) -> None:
+    """Write ``chunks`` to a new file in the folder of ``path``'s target, then rename it over
+    the target: readers see the old file or the new one, never a part."""
+    # through symlinks, as open(path, "wb") would write: the target gets the new file and a
+    # link stays a link (a dangling one gets its target created)
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+        try:  # an overwritten file keeps its permissions (never setuid/setgid: new contents)
+            mode: int | None = stat.S_IMODE(os.stat(target).st_mode) & 0o777
+        except FileNotFoundError:
+            mode = None
+        tmp, fd = _create_temporary(folder)
     except OSError as e:  # name the user's path, not the temporary file's
         why = e.strerror if os.path.isdir(folder) else "the folder does not exist"
         raise type(e)(e.errno, f"save: cannot create a file in {folder!r} ({why})", path) from e
     try:
         with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:  # each array's bytes straight from the array
+            for chunk in chunks:
                 f.write(chunk)
-        os.replace(tmp, path)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the file (power loss)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
     except BaseException as e:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError):
             raise type(e)(e.errno, f"save: cannot write {path!r} ({e.strerror})", path) from e
         raise
+
+
+def _create_temporary(folder: str) -> tuple[str, int]:
+    """A new empty file in ``folder`` (its path and descriptor), created as open() creates
+    one: mode 0o666 less the umask (mkstemp's 0o600 would make every checkpoint private)."""
+    for _ in range(100):
+        tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}.safetensors")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", folder)
 
 
 def _file_chunks(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 import subprocess
 import sys
@@ -785,3 +786,100 @@ def test_save_into_a_missing_folder_names_the_path(tmp_path):
     assert info.value.filename == str(path)
     assert str(path) in str(info.value) and ".tmp-" not in str(info.value)
     assert not (tmp_path / "no").exists()
+
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes and symlinks")
+
+
+@posix_only
+@pytest.mark.parametrize(
+    ("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)], ids=oct
+)
+def test_a_new_checkpoint_gets_the_mode_the_umask_gives(tmp_path, umask, mode):
+    path = tmp_path / "m.safetensors"
+    old = os.umask(umask)
+    try:
+        backprop_xp.save(path, _model())
+        with open(tmp_path / "plain", "wb"):  # what open() gives
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == mode
+
+
+@posix_only
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o755], ids=oct)
+def test_overwriting_keeps_the_mode(tmp_path, mode):
+    path = tmp_path / "m.safetensors"
+    backprop_xp.save(path, {"w": np.zeros(2)})
+    path.chmod(mode)
+    backprop_xp.save(path, {"w": np.ones(3)})
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert backprop_xp.load(path)["w"].tolist() == [1, 1, 1]
+
+
+@posix_only
+def test_saving_through_a_symlink_updates_its_target(tmp_path):
+    (tmp_path / "runs").mkdir()
+    real = tmp_path / "runs" / "real.safetensors"
+    backprop_xp.save(real, {"w": np.zeros(2)})
+    real.chmod(0o640)
+    link = tmp_path / "latest.safetensors"
+    link.symlink_to("runs/real.safetensors")  # relative, as links often are
+    chain = tmp_path / "chain.safetensors"
+    chain.symlink_to(link)
+    backprop_xp.save(link, {"w": np.ones(3)})
+    assert link.is_symlink() and os.readlink(link) == "runs/real.safetensors"
+    assert backprop_xp.load(real)["w"].tolist() == [1, 1, 1]
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    backprop_xp.save(chain, {"w": np.full(2, 7.0)})  # a link to a link
+    assert chain.is_symlink() and link.is_symlink()
+    assert backprop_xp.load(real)["w"].tolist() == [7, 7]
+    # a dangling link gets its target created
+    dangling = tmp_path / "next.safetensors"
+    dangling.symlink_to("runs/new.safetensors")
+    backprop_xp.save(dangling, {"w": np.zeros(1)})
+    assert dangling.is_symlink() and (tmp_path / "runs" / "new.safetensors").is_file()
+    # no temporary file left in either folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "chain.safetensors",
+        "latest.safetensors",
+        "next.safetensors",
+        "runs",
+    ]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "new.safetensors",
+        "real.safetensors",
+    ]
+
+
+@posix_only
+def test_a_symlink_loop_is_an_os_error_naming_the_path(tmp_path):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    with pytest.raises(OSError, match="save: ") as info:
+        backprop_xp.save(a, _model())
+    assert info.value.filename == str(a)
+    assert a.is_symlink() and b.is_symlink()
+
+
+@pytest.mark.parametrize(
+    "failure", [OSError(5, "Input/output error"), KeyboardInterrupt()], ids=["EIO", "interrupt"]
+)
+def test_a_failed_save_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch, failure):
+    path = tmp_path / "m.safetensors"
+    backprop_xp.save(path, {"w": np.zeros(2)})
+    before = path.read_bytes()
+
+    def fail(fd: int) -> None:  # the disk fails as the data is flushed
+        raise failure
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(type(failure)) as info:
+        backprop_xp.save(path, {"w": np.ones(1000)})
+    if isinstance(failure, OSError):
+        assert info.value.filename == str(path)
+        assert f"save: cannot write {str(path)!r} (Input/output error)" in str(info.value)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.safetensors"]
