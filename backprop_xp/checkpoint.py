@@ -95,7 +95,11 @@ _O_BINARY = getattr(os, "O_BINARY", 0)
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is truncated, corrupt or not a safetensors file."""
+    """A checkpoint file is truncated, corrupt or not a safetensors file.
+
+    ``path`` is the file, ``problem`` what is wrong with it, ``function`` the function that
+    read it (``"load"``, ``"read_metadata"``; None when not given).
+    """
 
     def __init__(self, path: FilePath, problem: str, *, function: str | None = None):
         self.path, self.problem, self.function = os.fspath(path), problem, function
@@ -436,10 +440,9 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _integer(literal: str) -> int:
     # int() of a long literal costs quadratic time (or a ValueError past Python's limit on
     # digits); sizes and offsets are below 2**64, 20 digits
-    if len(literal.lstrip("-")) > 20:
-        raise _NotAHeader(
-            f"an integer of {len(literal)} digits (sizes and offsets have 20 at most)"
-        )
+    digits = len(literal.lstrip("-"))
+    if digits > 20:
+        raise _NotAHeader(f"an integer of {digits} digits (sizes and offsets have 20 at most)")
     return int(literal)
 
 
@@ -509,7 +512,7 @@ def _check_tensor(name: str, info: Any, data_size: int, src: _Source) -> _Tensor
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise src.error(
-            f"{where}: unsupported dtype {_brief.repr(dtype)} (expected one of {sorted(_DTYPES)})",
+            f"{where}: unsupported dtype {_brief.repr(dtype)} (expected one of {sorted(_DTYPES)})"
         )
     if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
         raise src.error(f"{where}: shape must be a list of sizes >= 0, got {_brief.repr(shape)}")
@@ -519,27 +522,27 @@ def _check_tensor(name: str, info: Any, data_size: int, src: _Source) -> _Tensor
         )
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_int, offsets)):
         raise src.error(
-            f"{where}: data_offsets must be [begin, end] integers, got {_brief.repr(offsets)}",
+            f"{where}: data_offsets must be [begin, end] integers, got {_brief.repr(offsets)}"
         )
     begin, end = offsets
     if not 0 <= begin <= end <= data_size:
         raise src.error(
             f"{where}: data_offsets [{begin}, {end}] outside the {data_size}-byte data section "
-            f"(truncated or corrupt)",
+            f"(truncated or corrupt)"
         )
     itemsize = _DTYPES[dtype].itemsize
     expected = math.prod(shape) * itemsize
     if end - begin != expected:
         raise src.error(
             f"{where}: {end - begin} bytes for dtype {dtype} and shape {_brief.repr(shape)}, "
-            f"which need {_brief.repr(expected)}",
+            f"which need {_brief.repr(expected)}"
         )
     # An empty tensor's other sizes are not bounded by its bytes, but NumPy still refuses a
     # shape whose nonzero sizes multiply past its index range (BF16 loads as 4-byte float32)
-    nonzero = math.prod(s for s in shape if s) * (4 if dtype == "BF16" else itemsize)
-    if nonzero > _MAX_ARRAY_BYTES:
+    nonempty_bytes = math.prod(s for s in shape if s) * (4 if dtype == "BF16" else itemsize)
+    if nonempty_bytes > _MAX_ARRAY_BYTES:
         raise src.error(
-            f"{where}: shape {_brief.repr(shape)} is too large for an array, even an empty one",
+            f"{where}: shape {_brief.repr(shape)} is too large for an array, even an empty one"
         )
     return _Tensor(name, dtype, tuple(shape), begin, end)
 
@@ -550,14 +553,14 @@ def _read_tensor(f: io.FileIO, header: _Header, t: _Tensor, src: _Source) -> np.
     dt = _DTYPES[t.dtype]
     host = np.empty(t.shape, dtype=dt)
     f.seek(header.data_start + t.begin)
-    _fill(f, host.reshape(-1).view(np.uint8).data, src, f"tensor {t.name!r}")
+    _fill(f, host.reshape(-1).view(np.uint8).data, src, f"tensor {_brief.repr(t.name)}")
     if not dt.isnative:  # a big-endian host: swap in place
         host = host.byteswap(inplace=True).view(dt.newbyteorder("="))
     # a bool is the byte 0 or 1: others are undefined behaviour to torch (and odd in NumPy)
     if t.dtype == "BOOL" and host.size and host.view(np.uint8).max() > 1:
         raise src.error(
             f"tensor {_brief.repr(t.name)}: BOOL bytes must be 0 or 1, found "
-            f"{host.view(np.uint8).max()}",
+            f"{host.view(np.uint8).max()}"
         )
     return host
 
@@ -592,11 +595,12 @@ def load(
         The OS's error for a path it cannot open (``FileNotFoundError``, ``PermissionError``,
         ``IsADirectoryError``, ...), naming the path and ``load``.
     CheckpointError
-        The file is not a regular file (a FIFO, a device), truncated, or its header is corrupt or
-        hostile: absurd header length, not UTF-8 JSON, nested too deep, integers too long,
-        a key twice, unknown dtype, more than 64 dimensions, offsets out of range,
+        The file is not a regular file (a FIFO, a device), is truncated, or its header is
+        corrupt or hostile: absurd header length, not UTF-8 JSON, nested too deep, integers
+        too long, a key twice, unknown dtype, more than 64 dimensions, offsets out of range,
         overlapping or leaving gaps, sizes that do not match the shape; or a BOOL tensor
-        holds bytes other than 0 and 1.
+        holds bytes other than 0 and 1. Nothing of a tensor is read before the whole header
+        has passed.
     """
     src = _Source(_fspath(path, "load"), "load")
     xp = None

@@ -832,6 +832,7 @@ def test_saving_through_a_symlink_updates_its_target(tmp_path):
     backprop_xp.save(link, {"w": np.ones(3)})
     assert link.is_symlink() and os.readlink(link) == "runs/real.safetensors"
     assert backprop_xp.load(real)["w"].tolist() == [1, 1, 1]
+    assert backprop_xp.load(link)["w"].tolist() == [1, 1, 1]  # load follows links too
     assert stat.S_IMODE(real.stat().st_mode) == 0o640
     backprop_xp.save(chain, {"w": np.full(2, 7.0)})  # a link to a link
     assert chain.is_symlink() and link.is_symlink()
