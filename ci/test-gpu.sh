@@ -58,8 +58,8 @@ else
 fi
 
 # Each step has a time limit (seconds; override with the variables) so that one slow step
-# cannot eat a device lease: the four together stay under the device tool's 10 minutes per
-# command. The numbers come first, the long suite after them.
+# cannot hold up the run: the four together stay under 10 minutes. The numbers come first,
+# the long suite after them.
 LIMIT_MATRIX=${LIMIT_MATRIX:-60}
 LIMIT_BENCH=${LIMIT_BENCH:-200}
 LIMIT_SUITE=${LIMIT_SUITE:-220}
@@ -92,8 +92,8 @@ check "pytest" "$LIMIT_SUITE" "${PIPESTATUS[0]}"
 
 if [ -f examples/train_digits.py ]; then
     echo "== examples/train_digits.py --backend $ours"
-    # the curves and checkpoints stay on the machine: the device tool returns at most 8
-    # files from $OUT, and the six above are the ones to keep
+    # the curves and checkpoints stay in a scratch folder: $OUT keeps the six text files
+    # above, the ones to paste into docs/gpu-matrix.md
     scratch=$(mktemp -d)
     epochs=()
     [ "$gpu" -eq 1 ] || epochs=(--epochs 1)

@@ -167,3 +167,18 @@ def test_benchmark_case_example_runs() -> None:
     for case in cases:
         case.ours()
         case.torch()
+
+
+INTERNAL = re.compile(r"issue [0-9]|\blent\b|device tool|this project's sessions", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_docs_speak_to_users(path: Path) -> None:
+    """No words about how the project is run internally (issue numbers, lent machines)."""
+    text = path.read_text(encoding="utf-8")
+    hits = [
+        f"{path.name}:{n}: {line.strip()}"
+        for n, line in enumerate(text.splitlines(), 1)
+        if INTERNAL.search(line)
+    ]
+    assert not hits, "\n".join(hits)
