@@ -47,6 +47,19 @@ _NAMESPACES: dict[str, str] = {
     "sparse": "sparse",
 }
 _ALIASES = {"np": "numpy", "cp": "cupy", "pytorch": "torch", "strict": "array_api_strict"}
+# What to install when a backend's library is missing (the hint of BackendUnavailableError).
+_INSTALL_HINTS: dict[str, str] = {
+    "numpy": "pip install numpy",
+    "cupy": "install the extra matching your CUDA: pip install 'backprop_xp[cuda12]' or "
+    "'backprop_xp[cuda13]'",
+    "torch": "pip install torch",
+    "dask": "pip install dask",
+    "array_api_strict": "pip install array-api-strict (or the test extra: "
+    "pip install 'backprop_xp[test]')",
+    "jax": "pip install jax",
+    "ndonnx": "pip install ndonnx",
+    "sparse": "pip install sparse",
+}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -140,7 +153,9 @@ def namespace(name: str) -> ModuleType:
     Raises
     ------
     BackendUnavailableError
-        The library is not installed, or (CuPy) no CUDA device is usable.
+        The library is not installed (the message says what to install for that backend:
+        ``pip install torch``, the ``cuda12``/``cuda13`` extra for CuPy, ...), or (CuPy) no
+        CUDA device is usable.
     """
     key = _canonical(name)
     if key == "jax":
@@ -154,8 +169,7 @@ def namespace(name: str) -> ModuleType:
     except ImportError as e:
         raise BackendUnavailableError(
             f"namespace: backend {name!r} needs the {import_name!r} package, which is not "
-            f"importable here ({e}); for CuPy install the extra matching your CUDA: "
-            f"pip install 'backprop_xp[cuda12]' or 'backprop_xp[cuda13]'"
+            f"importable here ({e}); {_INSTALL_HINTS.get(key, 'install it')}"
         ) from e
     if key == "cupy":
         import cupy

@@ -10,10 +10,23 @@ Usage::
 CPU for ``numpy``, on CUDA for ``cupy``, and on the same device as ours for ``torch``.
 Cases come from every ``benchmarks/cases_*.py`` (see ``_harness.py`` for the interface).
 
-On this project's CPU machines the environment may set ``OPENBLAS_CORETYPE`` (and
-``OPENBLAS_L2_SIZE``) for old OpenBLAS builds; they slow a current NumPy, so benchmark with::
+Some machines set ``OPENBLAS_CORETYPE`` (and ``OPENBLAS_L2_SIZE``) in the environment for old
+OpenBLAS builds; they slow a current NumPy, so benchmark there with::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench.py --backend numpy
+
+Exit status:
+
+- 0: every selected case ran. A missed target shows as ``NO`` in its row and in the summary
+  line; it does not change the status.
+- 1: something raised while running: a case (its row says ``error:``), a
+  ``benchmarks/cases_*.py`` file that failed to import or to build its cases (a message on
+  stderr; the other families still run), or writing ``--json``.
+- 2: nothing was run: a bad command line (argparse's errors, ``--repeat 0``, ``--clock cpu``
+  without ``--threads 1``, ``--device`` the backend does not take, an unknown ``--cases``
+  family), ``--ops`` names that match no case, no case selected, or a side that cannot run
+  here (the backend's library missing, torch missing for the reference, no CUDA device).
+  One line on stderr says which.
 
 See docs/benchmarks.md for the methodology and the measured results.
 """
@@ -29,6 +42,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_NOT_RUN = 0, 1, 2  # see the module docstring
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -57,10 +72,22 @@ from _harness import (  # noqa: E402
 )
 
 
+class NotRun(Exception):
+    """Nothing can be run (exit status 2); the message says why."""
+
+
+def families() -> list[str]:
+    """The case families: one per ``benchmarks/cases_<family>.py``."""
+    return [path.stem.removeprefix("cases_") for path in sorted(HERE.glob("cases_*.py"))]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="backprop_xp forward+backward vs torch autograd",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="exit status: 0 every selected case ran (missed targets included); 1 a case "
+        "or a cases file raised; 2 nothing was run (bad option, no case selected, a side "
+        "unavailable here)",
     )
     p.add_argument("--backend", choices=("numpy", "cupy", "torch"), default="numpy")
     p.add_argument(
@@ -122,11 +149,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.min_sample_ms = 1.0 if quick else 50.0
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
+    if args.device is not None and args.device != {"numpy": "cpu", "cupy": "cuda"}.get(
+        args.backend, args.device
+    ):
+        p.error(
+            f"--device {args.device}: --backend {args.backend} runs on "
+            f"{'the CPU' if args.backend == 'numpy' else 'CUDA'}; --device is for --backend torch"
+        )
+    unknown = sorted(set(args.cases) - set(families()))
+    if unknown:
+        p.error(
+            f"--cases {' '.join(unknown)}: no such benchmarks/cases_*.py; known families: "
+            f"{', '.join(families())}"
+        )
+    if args.json is not None and (args.json.is_dir() or _blocked(args.json.parent)):
+        p.error(f"--json {args.json}: cannot write a file there")
     return args
 
 
+def _blocked(folder: Path) -> bool:
+    """Whether a path component that exists on the way to ``folder`` is not a folder."""
+    for q in (folder, *folder.parents):
+        if q.exists():
+            return not q.is_dir()
+    return False
+
+
 def make_context(args: argparse.Namespace) -> Context:
-    import torch
+    """The run's context; raises :class:`NotRun` where a side cannot run here."""
+    try:
+        import torch
+    except ImportError as e:
+        raise NotRun(
+            f"the reference side is torch autograd, and torch is not importable here ({e}); "
+            "pip install torch"
+        ) from e
 
     from backprop_xp import backend as B
 
@@ -138,14 +195,12 @@ def make_context(args: argparse.Namespace) -> Context:
     rng = np.random.default_rng(args.seed)
     common = dict(torch=torch, rng=rng, quick=args.quick, model=args.model)
     if args.backend == "numpy":
-        if args.device == "cuda":
-            raise SystemExit("bench: --backend numpy runs on the CPU; use cupy or torch")
         xp = B.namespace("numpy")
         return Context("numpy", xp, "cpu", False, torch_device=torch.device("cpu"), **common)
     if args.backend == "cupy":
         xp = B.namespace("cupy")  # raises BackendUnavailableError without a GPU
         if not torch.cuda.is_available():
-            raise SystemExit("bench: --backend cupy needs torch with CUDA for the reference")
+            raise NotRun("--backend cupy needs torch with CUDA for the reference")
         import cupy
 
         dev = cupy.cuda.Device()
@@ -154,7 +209,7 @@ def make_context(args: argparse.Namespace) -> Context:
     xp = B.namespace("torch")
     want = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if want == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench: --device cuda but torch sees no CUDA device")
+        raise NotRun("--device cuda but torch sees no CUDA device")
     dev = torch.device(want)
     return Context("torch", xp, dev, dev.type == "cuda", torch_device=dev, **common)
 
@@ -182,19 +237,21 @@ def set_threads(ctx: Context, args: argparse.Namespace) -> tuple[int, Any]:
     return n, limiter
 
 
-def discover(ctx: Context, only: list[str]) -> list[Case]:
+def discover(ctx: Context, only: list[str]) -> tuple[list[Case], list[str]]:
+    """The cases of every family (or of ``only``), and the families that raised."""
     cases: list[Case] = []
-    for path in sorted(HERE.glob("cases_*.py")):
-        family = path.stem.removeprefix("cases_")
+    broken: list[str] = []
+    for family in families():
         if only and family not in only:
             continue
         try:
-            module = importlib.import_module(path.stem)
+            module = importlib.import_module(f"cases_{family}")
             cases.extend(module.cases(ctx))
         except Exception as e:  # one broken family must not stop the others
-            print(f"bench: skipped {path.name}: {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"bench: skipped cases_{family}.py: {type(e).__name__}: {e}", file=sys.stderr)
             traceback.print_exc(limit=-2, file=sys.stderr)
-    return cases
+            broken.append(family)
+    return cases, broken
 
 
 def select(cases: list[Case], ctx: Context, args: argparse.Namespace) -> list[Case]:
@@ -211,8 +268,8 @@ def select(cases: list[Case], ctx: Context, args: argparse.Namespace) -> list[Ca
     known = {c.op.lower() for c in cases} | {c.family.lower() for c in cases}
     unknown = sorted(wanted - known)
     if unknown:
-        raise SystemExit(
-            f"bench: --ops {' '.join(unknown)} matched no case; known ops and families: "
+        raise NotRun(
+            f"--ops {' '.join(unknown)} matched no case; known ops and families: "
             f"{', '.join(sorted(known))}"
         )
     return keep
@@ -396,27 +453,43 @@ def run_case(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """Run the benchmarks; the exit status is documented in the module docstring."""
+    args = parse_args(argv)  # exits with status 2 on a bad command line
+    try:
+        return run(args)
+    except NotRun as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return EXIT_NOT_RUN
+
+
+def run(args: argparse.Namespace) -> int:
     from backprop_xp.backend import BackendUnavailableError
 
     try:
         ctx = make_context(args)
     except BackendUnavailableError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 2
+        raise NotRun(str(e)) from e
     threads, _limiter = set_threads(ctx, args)
     if args.clock == "cpu" and (threads != 1 or ctx.gpu):
-        print("bench: --clock cpu needs a CPU run with --threads 1", file=sys.stderr)
-        return 2
+        raise NotRun("--clock cpu needs a CPU run with --threads 1")
     if args.settle_ms is None:
         args.settle_ms = 150.0 if threads > 1 and not ctx.gpu and not args.quick else 0.0
     info = machine_info(ctx, REPO)
     print(header(ctx, info, args, threads), flush=True)
 
-    cases = select(discover(ctx, args.cases), ctx, args)
+    found, broken = discover(ctx, args.cases)
+    try:
+        cases = select(found, ctx, args)
+    except NotRun as e:
+        if not broken:
+            raise
+        print(f"bench: {e}", file=sys.stderr)
+        cases = []
     if not cases:
-        print("bench: no cases to run", file=sys.stderr)
-        return 2
+        if broken:  # nothing ran because something raised: a failure, not a usage error
+            print(f"bench: no cases to run; cases_{broken[0]}.py failed to load", file=sys.stderr)
+            return EXIT_FAILED
+        raise NotRun("no cases to run")
     peaks = measure_peaks(ctx, args)
     print(
         f"float32 GEMM peak ({peaks['n']}^3, median of {peaks['repeat']}): "
@@ -447,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{len(records)} cases, {sum(bool(r['met']) for r in met)}/{len(met)} targets met"
         + (f", {len(errors)} errors" if errors else "")
+        + (f", {len(broken)} cases files failed to load" if broken else "")
         + "\nbg: cores that other processes kept busy during the row (0 = a quiet machine)"
     )
     if args.json:
@@ -470,10 +544,14 @@ def main(argv: list[str] | None = None) -> int:
             },
             "records": records,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        except OSError as e:
+            print(f"bench: cannot write --json {args.json}: {e}", file=sys.stderr)
+            return EXIT_FAILED
         print(f"wrote {args.json}")
-    return 1 if errors else 0
+    return EXIT_FAILED if errors or broken else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ input then raises). Tests build inputs with NumPy's generator and ``xp.asarray``
 with NumPy through :func:`backprop_xp.testing.assert_close`.
 
 Restrict the matrix with ``pytest --backend numpy --backend torch`` or
-``BACKPROP_XP_BACKENDS=numpy,torch``.
+``BACKPROP_XP_BACKENDS=numpy,torch``. A backend asked for by name that is unknown or does not
+work here is a usage error (pytest exits with status 4 naming it and why), not a run of skips.
 """
 
 from __future__ import annotations
@@ -86,12 +87,31 @@ def _requested(config: pytest.Config) -> list[str]:
 
 
 def _selected(config: pytest.Config) -> list[str]:
-    """Backends asked for by name (skipped, with the reason, where unavailable), else every
+    """Backends asked for by name (each checked by :func:`pytest_sessionstart`), else every
     backend that works here: an absent GPU is reported in the header, not as skips."""
     requested = _requested(config)
     if requested:
-        return requested
+        return list(dict.fromkeys(requested))
     return [name for name in ALL_BACKENDS if isinstance(_get(name), TestNamespace)]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse a run restricted to a backend that does not work here: every test of the matrix
+    would skip, and a run of skips passes (exit 0) without testing anything."""
+    requested = _requested(session.config)
+    source = "--backend" if session.config.getoption("--backend") else "BACKPROP_XP_BACKENDS"
+    unknown = [name for name in requested if name not in ALL_BACKENDS]
+    if unknown:
+        raise pytest.UsageError(
+            f"{source}: unknown backend {', '.join(map(repr, unknown))}; expected one of "
+            f"{', '.join(ALL_BACKENDS)}"
+        )
+    missing = {name: got for name in requested if isinstance(got := _get(name), str)}
+    if missing:
+        reasons = "; ".join(f"{name!r} is unavailable here: {why}" for name, why in missing.items())
+        raise pytest.UsageError(
+            f"{source}: {reasons} (run without {source} to test every backend that works here)"
+        )
 
 
 _AVAILABLE: dict[str, TestNamespace | str] = {}
@@ -101,7 +121,7 @@ def _get(name: str) -> TestNamespace | str:
     if name not in _AVAILABLE:
         try:
             _AVAILABLE[name] = _make(name)
-        except (B.BackendUnavailableError, ImportError) as e:
+        except (B.BackendUnavailableError, ImportError, ValueError) as e:  # ValueError: unknown
             _AVAILABLE[name] = str(e)
     return _AVAILABLE[name]
 

@@ -105,7 +105,7 @@ def test_custom_op(example, capsys):
 
 @pytest.mark.parametrize(("model", "target"), [("cnn", 0.97), ("mlp", 0.96), ("rnn", 0.93)])
 def test_train_digits_defaults_reach_the_target_accuracy(example, tmp_path, model, target):
-    """The issue's bar: each model, default settings, NumPy, on the fixed test split."""
+    """The README's bar: each model, default settings, NumPy, on the fixed test split."""
     train_digits = example("train_digits")
     args = train_digits.parse_args(["--model", model, "--no-progress", "--out", str(tmp_path)])
     result = train_digits.train(args)
