@@ -457,6 +457,37 @@ def _ones(xp, nd, c_in=1, c_out=1):
     )
 
 
+@pytest.mark.parametrize(("nd", "padding"), [(1, 10**18), (2, 10**9), (2, 10**15), (3, 10**7)])
+def test_conv_padding_no_array_can_hold_is_refused(xp, nd, padding):
+    """An output of more than 2**63 - 1 bytes cannot exist on any machine: the op's own
+    ValueError, before anything is allocated."""
+    x, w = _ones(xp, nd)
+    with pytest.raises(
+        ValueError,
+        match=rf"^conv{nd}d: argument 'padding' expected a padding for which the output fits "
+        rf"in an array \(at most 2\*\*63 - 1 bytes\), got \({padding}(, {padding})*,?\): the "
+        rf"output would have shape \(1, 1, {2 * padding + 2}(, {2 * padding + 2})*\), \d+ bytes$",
+    ):
+        CONV[nd](x, w, padding=padding)
+
+
+@pytest.mark.parametrize(("nd", "padding"), [(1, 10**15), (2, 10**7), (3, 10**5)])
+def test_conv_padding_no_memory_can_hold_is_a_memory_error(xp, nd, padding):
+    """Addressable but far past any machine's memory (10**15 to 10**17 bytes, more than a
+    process's address space): the allocation fails, and the MemoryError says which argument
+    made the buffer that big and how many bytes it needed."""
+    x, w = _ones(xp, nd)
+    size = 2 * padding + 2
+    nbytes = 8 * size**nd
+    with pytest.raises(
+        MemoryError,
+        match=rf"^conv{nd}d: argument 'padding' \({padding}(, {padding})*,?\) makes the output "
+        rf"of shape \(1, 1, {size}(, {size})*\) need {nbytes} bytes, which could not be "
+        r"allocated$",
+    ):
+        CONV[nd](x, w, padding=padding)
+
+
 @pytest.mark.parametrize("nd", [1, 2, 3])
 @pytest.mark.parametrize(
     "opts",

@@ -192,13 +192,14 @@ def _conv_nd(
         lo = hi = as_tuple(op, "padding", padding, nd, minimum=0)
     win = make_window(op, tuple(x.shape[2:]), kernel, stride, dilation, lo, hi)
 
+    _check_sizes(op, xp, x, win, c_out)
     n = x.shape[0]
     taps = _taps(win)
-    y = xp.empty((n, c_out, *win.out_size), dtype=x.dtype, device=device(x))
+    y = _new(xp, xp.empty, (n, c_out, *win.out_size), x, op, win, "output")
     Wg = _weight_matrix(xp, weight, groups)
     per_item = x.shape[1] * win.n_offsets * _prod(win.out_size)
     for a, b in _chunks(xp, x, per_item):
-        cols = _im2col(xp, x[a:b, ...], win, groups, taps)  # (G, C_g |K|, n |L|)
+        cols = _im2col(xp, x[a:b, ...], win, groups, taps, op)  # (G, C_g |K|, n |L|)
         yc = xp.matmul(Wg, cols)  # (G, C_out/G, n |L|)
         yc = xp.reshape(yc, (c_out, b - a, *win.out_size))
         if bias is not None:
@@ -223,13 +224,13 @@ def _conv_nd_backward(
     xp, dy = cotangent_namespace(op, dy, x, shape[1:] if unbatched else shape, x.dtype)
     if unbatched:
         dy = dy[None, ...]
-    dx, dW = _input_and_weight_grads(xp, dy, x, weight, win, groups)
+    dx, dW = _input_and_weight_grads(xp, dy, x, weight, win, groups, op)
     db = xp.sum(dy, axis=(0, *range(2, nd + 2))) if has_bias else None
     return (dx[0, ...] if unbatched else dx), dW, db
 
 
 def _input_and_weight_grads(
-    xp: ModuleType, dy: Array, x: Array, weight: Array, win: Window, groups: int
+    xp: ModuleType, dy: Array, x: Array, weight: Array, win: Window, groups: int, op: str
 ) -> tuple[Array, Array]:
     r"""``dW^T = cols @ dY^T`` and ``dcols = W^T @ dY``, then col2im: torch's terms.
 
@@ -252,7 +253,7 @@ def _input_and_weight_grads(
     # 32x32x64 input were 6% faster than three-item ones on a 2-core machine, 1 thread)
     per_item = 2 * win.n_offsets * x.shape[1] * _prod(win.out_size)
     for a, b in _chunks(xp, x, per_item):
-        cols = _im2col(xp, x[a:b, ...], win, groups, taps)  # (G, C_g |K|, n |L|)
+        cols = _im2col(xp, x[a:b, ...], win, groups, taps, op)  # (G, C_g |K|, n |L|)
         dyc = xp.reshape(xp.permute_dims(dy[a:b, ...], perm), (groups, c_out // groups, -1))
         dWgT = dWgT + xp.matmul(cols, xp.permute_dims(dyc, (0, 2, 1)))
         del cols
@@ -328,7 +329,7 @@ def _covers(taps: list[_Tap], win: Window) -> bool:
     )
 
 
-def _im2col(xp: ModuleType, x: Array, win: Window, groups: int, taps: list[_Tap]) -> Array:
+def _im2col(xp: ModuleType, x: Array, win: Window, groups: int, taps: list[_Tap], op: str) -> Array:
     """``cols`` of shape ``(G, C_g |K|, n |L|)`` from ``x`` of shape ``(n, C, *S)``.
 
     ``cols`` is allocated as ``(C, |K|, n, *L)``, zero where a tap falls in the padding, and
@@ -339,7 +340,7 @@ def _im2col(xp: ModuleType, x: Array, win: Window, groups: int, taps: list[_Tap]
     nd = len(win.in_size)
     shape = (c, win.n_offsets, n, *win.out_size)
     make = xp.empty if _covers(taps, win) else xp.zeros
-    cols = make(shape, dtype=x.dtype, device=device(x))
+    cols = _new(xp, make, shape, x, op, win, "im2col buffer")
     perm = (1, 0, *range(2, nd + 2))
     for tap in taps:
         src = (slice(None), slice(None), *tap.inp)
@@ -366,6 +367,55 @@ def _col2im(
         block = xp.permute_dims(blocks[src], perm)
         dx = xpx.at(dx, (rows, slice(None), *tap.inp)).add(block)
     return dx
+
+
+# The most bytes one array can hold: sizes are int64 in NumPy, torch and CuPy.
+_MAX_BYTES = 2**63 - 1
+
+
+def _blame(win: Window, x_shape: tuple[int, ...]) -> tuple[str, str]:
+    """The argument that made the output this big, and its value: the padding where there is
+    some (without it no output axis is longer than the input's), else the input."""
+    if not win.has_padding:
+        return "x", f"shape {x_shape}"
+    if win.pad_lo == win.pad_hi:
+        return "padding", str(win.pad_lo)
+    return "padding", f"{win.pad_lo} low, {win.pad_hi} high"
+
+
+def _check_sizes(op: str, xp: ModuleType, x: Array, win: Window, c_out: int) -> None:
+    """The output and one batch item's im2col buffer must be arrays that can exist at all
+    (at most ``2**63 - 1`` bytes); whether they fit this machine is up to the allocator."""
+    itemsize = xp.finfo(x.dtype).bits // 8
+    for what, shape in (
+        ("output", (x.shape[0], c_out, *win.out_size)),
+        ("im2col buffer of one batch item", (x.shape[1], win.n_offsets, 1, *win.out_size)),
+    ):
+        nbytes = _prod(tuple(shape)) * itemsize
+        if nbytes > _MAX_BYTES:
+            name, value = _blame(win, tuple(x.shape))
+            kind = "a padding" if name == "padding" else "an input"
+            raise ValueError(
+                f"{op}: argument '{name}' expected {kind} for which the {what} fits in an "
+                f"array (at most 2**63 - 1 bytes), got {value}: the {what} would have shape "
+                f"{tuple(shape)}, {nbytes} bytes"
+            )
+
+
+def _new(
+    xp: ModuleType, make: Any, shape: tuple[int, ...], like: Array, op: str, win: Window, what: str
+) -> Array:
+    """``make(shape)`` (``xp.empty`` or ``xp.zeros``) in ``like``'s dtype and device; a failed
+    allocation is a MemoryError naming the argument that made the buffer this big."""
+    try:
+        return make(shape, dtype=like.dtype, device=device(like))
+    except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError
+        nbytes = _prod(shape) * (xp.finfo(like.dtype).bits // 8)
+        name, value = _blame(win, tuple(like.shape))
+        raise MemoryError(
+            f"{op}: argument '{name}' {value} makes the {what} of shape {shape} need "
+            f"{nbytes} bytes, which could not be allocated"
+        ) from e
 
 
 _CONV_DOC = r"""{nd}-d convolution (cross-correlation), torch's ``conv{nd}d``.
