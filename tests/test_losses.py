@@ -309,6 +309,81 @@ def test_float16_means_accumulate_in_float32(xp, op):
     assert np.all(np.isfinite(to_np(dx))) and np.any(to_np(dx) != 0)
 
 
+def _same_nonfinite(got, want, what):
+    """Equal NaN, +inf and -inf positions, the finite values close."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        assert np.array_equal(test(got), test(want)), f"{what}: {test.__name__} differs"
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-10, atol=1e-12, err_msg=what)
+
+
+# (weight, target, ignore_index): class-index targets whose kept weights sum to 0 (torch
+# divides by that 0: ±inf, or NaN), and a weight only an ignored sample's class has
+ZERO_SUM = {
+    "weights-sum-to-zero": ([1.0, -1.0, 2.0, 0.5], [0, 1, 0, 1], -100),
+    "target-weights-zero": ([0.0, 0.0, 1.0, 1.0], [0, 1, 1, 0], -100),
+    "only-ignored-weighted": ([0.0, 0.0, 3.0, 1.0], [0, 1, 2, 0], 2),
+    "ignored-class-weight-inf": ([1.0, 0.5, np.inf, 1.0], [0, 1, 2, 3], 2),
+}
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # NumPy's inf * 0
+@pytest.mark.parametrize("case", list(ZERO_SUM))
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.25])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_degenerate_class_weights_match_torch(rng, case, label_smoothing, reduction):
+    """Value and gradient, NaN and ±inf included: torch divides "mean" by the kept target
+    weights as they are and combines the smoothing term after dividing."""
+    torch = pytest.importorskip("torch")
+    w, t, ignore = (np.asarray(v) for v in ZERO_SUM[case])
+    x = rng.standard_normal((4, 4))
+    opts = {"ignore_index": int(ignore), "reduction": reduction, "label_smoothing": label_smoothing}
+    xt = torch.tensor(x, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(xt, torch.tensor(t), torch.tensor(w), **opts)
+    g = rng.standard_normal(tuple(ref.shape))
+    ref.backward(torch.tensor(g))
+    out, cache = F.cross_entropy(x, t, w, **opts)
+    (dx, *_) = F.cross_entropy_backward(g, cache)
+    _same_nonfinite(out, ref.detach().numpy(), "loss")
+    _same_nonfinite(dx, xt.grad.numpy(), "d_input")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_zero_sum_weights_with_probabilities_match_torch(rng, reduction):
+    """Probability targets: "mean" divides by the number of samples, never by the weights."""
+    torch = pytest.importorskip("torch")
+    x, t = rng.standard_normal((3, 4)), rng.dirichlet(np.ones(4), size=3)
+    w = np.array([1.0, -1.0, 2.0, -2.0])
+    xt, tt = torch.tensor(x, requires_grad=True), torch.tensor(t, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(
+        xt, tt, torch.tensor(w), reduction=reduction, label_smoothing=0.1
+    )
+    ref.backward(torch.ones_like(ref))
+    out, cache = F.cross_entropy(x, t, w, reduction=reduction, label_smoothing=0.1)
+    dx, dt, _ = F.cross_entropy_backward(np.ones(tuple(ref.shape)), cache)
+    for got, want, what in ((out, ref, "loss"), (dx, xt.grad, "dx"), (dt, tt.grad, "dt")):
+        _same_nonfinite(got, want.detach().numpy(), what)
+
+
+def test_cross_entropy_zero_sum_weights_on_every_backend(xp):
+    """The same ±inf and NaN on every backend, and no NumPy warning for the division by
+    zero in the forward."""
+    x = xp.asarray(np.array([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0], [1.0, 1.0, 1.0]]))
+    w = xp.asarray(np.array([1.0, -1.0, 5.0]))
+    loss, cache = F.cross_entropy(x, xp.asarray(np.array([0, 1, 2])), weight=w, ignore_index=2)
+    assert np.isposinf(to_np(loss))  # (0.41 - 0.17) / (1 - 1)
+    nothing, _ = F.cross_entropy(x, xp.asarray(np.array([2, 2, 2])), ignore_index=2)
+    assert np.isnan(to_np(nothing))  # 0 / 0: nothing kept
+    with np.errstate(invalid="ignore"):  # inf - inf, as in torch: NumPy's warning only
+        (dx, *_) = F.cross_entropy_backward(xp.asarray(1.0), cache)
+    dx = to_np(dx)
+    # torch's -w_y g / 0 at the target (-inf, then +inf for w = -1), then dx = gl - p Σ gl
+    assert np.isnan(dx[0, 0]) and np.isposinf(dx[0, 1:]).all()
+    assert np.isnan(dx[1, 1]) and np.isneginf(dx[1, [0, 2]]).all()
+    assert (dx[2] == 0).all()
+
+
 def test_cross_entropy_index_check_can_be_switched_off(xp):
     x = xp.asarray(np.zeros((2, 3)))
     with backprop_xp.index_checks(False):

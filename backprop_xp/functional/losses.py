@@ -48,9 +48,19 @@ def _reduce(xp: ModuleType, loss: Array, reduction: str, denominator: Array | No
     # float16 sums accumulate in float32, as torch's do: 30000 squared errors of ~9 already
     # overflow float16 (max 65504)
     total = xp.sum(loss, dtype=_accumulator(xp, loss.dtype))
-    out = total if reduction == "sum" else total / denominator
+    out = total if reduction == "sum" else _divide(xp, total, denominator)
     # asarray: NumPy reduces to a NumPy scalar; the protocol returns 0-d arrays
     return xp.asarray(xp.astype(out, loss.dtype, copy=False))
+
+
+def _divide(xp: ModuleType, a: Array, b: Array) -> Array:
+    """``a / b`` as IEEE 754 and torch give it, also where ``b`` is zero (``±inf``, or NaN
+    for ``0/0``), without the warning NumPy gives for a division by zero."""
+    zero = b == 0
+    q = a / xp.where(zero, xp.ones_like(b), b)
+    signed_inf = xp.copysign(xp.full_like(q, math.inf), a) * xp.copysign(xp.ones_like(b), b)
+    undefined = xp.isnan(a) | (a == 0)
+    return xp.where(zero, xp.where(undefined, xp.full_like(q, math.nan), signed_inf), q)
 
 
 def _accumulator(xp: ModuleType, dtype: Any) -> Any:
@@ -74,8 +84,8 @@ def _count(xp: ModuleType, a: Array, like: Array) -> Array:
     (float32 for float16: 65504 is float16's largest value); NaN when empty, so the mean of
     nothing is NaN as in torch."""
     size = math.prod(a.shape)
-    n = float(size) if size else float("nan")
-    return xp.asarray(n, dtype=_accumulator(xp, like.dtype), device=device(like))
+    n = float(size) if size else math.nan
+    return xp.full((), n, dtype=_accumulator(xp, like.dtype), device=device(like))
 
 
 def _scale(xp: ModuleType, g: Array, reduction: str, denominator: Array | None) -> Array:
@@ -83,7 +93,7 @@ def _scale(xp: ModuleType, g: Array, reduction: str, denominator: Array | None) 
     ``g``'s dtype."""
     if reduction != "mean":
         return g
-    return xp.astype(g / denominator, g.dtype, copy=False)
+    return xp.astype(_divide(xp, g, denominator), g.dtype, copy=False)
 
 
 class CrossEntropyCache(NamedTuple):
@@ -93,7 +103,7 @@ class CrossEntropyCache(NamedTuple):
     target: Array  # class indices (keepdims on the class axis) or probabilities
     weight: Array | None  # class weights broadcast along the class axis
     valid: Array | None  # target != ignore_index, keepdims (class indices only)
-    w_y: Array | None  # weight of each sample's target class, keepdims (weighted indices only)
+    w_y: Array | None  # weight of each kept sample's target class, 0 if ignored (weighted only)
     denominator: Array | None
     reduction: str
     label_smoothing: float
@@ -228,26 +238,35 @@ def cross_entropy(
         _check_indices(xp, t, valid, n_classes, ignore_index)
     t_safe = xp.where(valid, t, xp.zeros_like(t))
     picked = xp.take_along_axis(z, t_safe, axis=1)  # z at the target class
+    zero = xp.zeros_like(picked)
     nll = log_s - picked  # -log p_y
     w_y = None
     if weight is not None:
         w_y = xp.reshape(
             xp.take(xp.reshape(weight, (-1,)), xp.reshape(t_safe, (-1,))), t_safe.shape
         )
+        w_y = xp.where(valid, w_y, zero)  # an ignored sample has no target, nor its weight
         nll = nll * w_y
-    loss = nll if eps == 0 else (1 - eps) * nll + (eps / n_classes) * _smooth(xp, z, log_s, weight)
-    zero = xp.zeros_like(loss)
-    loss = xp.where(valid, loss, zero)
-    kept = xp.astype(valid, input.dtype)
+    nll = xp.where(valid, nll, zero)
+    smooth = None if eps == 0 else xp.where(valid, _smooth(xp, z, log_s, weight), zero)
     denominator = None
+    acc = _accumulator(xp, input.dtype)
     if reduction == "mean":
-        # float32 for float16: a count past 65504 would be inf, and the mean 0
-        total = xp.sum(kept if w_y is None else kept * w_y, dtype=_accumulator(xp, input.dtype))
-        # nothing kept: NaN as torch, without a 0/0 (NumPy would warn)
-        denominator = xp.where(
-            total == 0, xp.asarray(float("nan"), dtype=total.dtype, device=device(total)), total
+        # torch divides by the kept samples' target weights (their count when unweighted), as
+        # it is: 0 (all ignored, or weights summing to 0) gives NaN or ±inf. float32 for
+        # float16: a count past 65504 would be inf, and the mean 0
+        kept = xp.astype(valid, input.dtype) if w_y is None else w_y
+        denominator = xp.sum(kept, dtype=acc)
+    if reduction == "mean" and smooth is not None:
+        # torch's order: (1-ε) (Σ nll / W) + (Σ smooth / W) ε/C, each part divided on its own
+        # (with W = 0 their infinities may cancel to NaN)
+        parts = [_divide(xp, xp.sum(a, dtype=acc), denominator) for a in (nll, smooth)]
+        out = xp.asarray(
+            xp.astype((1 - eps) * parts[0] + parts[1] * (eps / n_classes), input.dtype)
         )
-    out = _reduce(xp, loss[:, 0, ...], reduction, denominator)
+    else:
+        loss = nll if smooth is None else (1 - eps) * nll + (eps / n_classes) * smooth
+        out = _reduce(xp, loss[:, 0, ...], reduction, denominator)
     cache = CrossEntropyCache(
         e, s, None, t_safe, weight, valid, w_y, denominator, reduction, eps, False, unbatched
     )
@@ -319,17 +338,18 @@ def cross_entropy_backward(
             is_target = xp.reshape(classes, (1, n_classes) + (1,) * (e.ndim - 2)) == target
             dx = xp.where(is_target, dx - coef, dx)
     else:
+        # torch's order, so that infinities (class weights summing to 0 under "mean") meet
+        # as they do there: nll_loss's backward puts -w_y (1-ε) g / W at each kept target, the
+        # smoothing term -w_c (ε/C) g / W at every class of a kept sample; then log_softmax's
+        # backward, dx = gl - p Σ_c gl
         p = e / s
         is_target = xp.reshape(classes, (1, n_classes) + (1,) * (e.ndim - 2)) == target
-        w: Any
-        if weight is None or w_y is None:  # unweighted, smoothed: w_c = 1, sum_c w_c = C
-            w_y, w, w_sum = xp.ones_like(s), 1.0, float(n_classes)
-        else:  # w_y was gathered in the forward
-            w, w_sum = weight, xp.sum(weight, axis=1, keepdims=True)
-        a = (1 - eps) * w_y + (eps / n_classes) * w_sum
-        dx = coef * (
-            p * a - xp.where(is_target, (1 - eps) * w_y, xp.zeros_like(p)) - (eps / n_classes) * w
-        )
+        nll_coef = -(1 - eps) * coef
+        gl = xp.where(is_target, nll_coef if w_y is None else w_y * nll_coef, xp.zeros_like(p))
+        if eps:
+            smooth_coef = -(eps / n_classes) * coef
+            gl = gl + (smooth_coef if weight is None else smooth_coef * weight)
+        dx = gl - p * xp.sum(gl, axis=1, keepdims=True)
     if unbatched:
         dx = dx[0, ...]
     return dx, None, None
