@@ -384,6 +384,48 @@ def test_cross_entropy_zero_sum_weights_on_every_backend(xp):
     assert (dx[2] == 0).all()
 
 
+INTEGER_DTYPES = ["uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64"]
+
+
+@pytest.mark.parametrize("tdtype", INTEGER_DTYPES)
+def test_cross_entropy_index_check_in_every_integer_dtype(xp, tdtype):
+    """Out-of-range class indices are caught whatever their dtype, as the values the target
+    holds: uint64's 2**64 - 100 is not ignore_index=-100 (an int64 cast would make it so),
+    nor is uint8's 156 (-100 modulo 256)."""
+    x = xp.asarray(np.zeros((3, 3)))
+    info = np.iinfo(tdtype)
+    bad = [3, int(info.max), (-100) % 2**info.bits if info.min == 0 else -100]
+    if info.min < 0:
+        bad[2] = int(info.min)  # -100 is the ignore_index: kept signed
+    for value in bad:
+        t = xp.asarray(np.array([0, value, 1], dtype=tdtype))
+        with pytest.raises(
+            ValueError,
+            match=rf"^cross_entropy: argument 'target' expected class indices in \[0, 3\) or "
+            rf"ignore_index=-100, got out-of-range values from {value} to {value}$",
+        ):
+            F.cross_entropy(x, t)
+    if info.min < 0:  # -100 is ignored, in any signed dtype
+        t = xp.asarray(np.array([0, -100, 1], dtype=tdtype))
+        assert float(to_np(F.cross_entropy(x, t)[0])) == pytest.approx(np.log(3))
+    if tdtype == "uint64":
+        t = xp.asarray(np.array([2**64 - 1, 5, 2**63], dtype=tdtype))
+        with pytest.raises(ValueError, match=rf"from 5 to {2**64 - 1}$"):
+            F.cross_entropy(x, t)
+
+
+@pytest.mark.parametrize("tdtype", ["uint8", "uint64", "int8", "int64"])
+def test_cross_entropy_without_index_checks_never_crashes(xp, tdtype):
+    """Out-of-range indices with the check off give undefined values, not an IndexError
+    from the gather."""
+    x = xp.asarray(np.zeros((3, 3)))
+    t = xp.asarray(np.array([0, 7, 200 if tdtype.startswith("u") else -7], dtype=tdtype))
+    with backprop_xp.index_checks(False):
+        loss, cache = F.cross_entropy(x, t, weight=xp.asarray(np.ones(3)), label_smoothing=0.1)
+        (dx, *_) = F.cross_entropy_backward(xp.ones_like(loss), cache)
+    assert tuple(dx.shape) == (3, 3)
+
+
 def test_cross_entropy_index_check_can_be_switched_off(xp):
     x = xp.asarray(np.zeros((2, 3)))
     with backprop_xp.index_checks(False):

@@ -138,8 +138,8 @@ def cross_entropy(
     input : array, shape (N, C), (N, C, d1, ...) or (C,)
         Unnormalized logits.
     target : array
-        Integer class indices of shape (N, d1, ...) (or () for unbatched input), or floating
-        class probabilities of ``input``'s shape.
+        Integer class indices (any integer dtype) of shape (N, d1, ...) (or () for unbatched
+        input), or floating class probabilities of ``input``'s shape.
     weight : array, shape (C,), optional
         Per-class weights (no gradient is returned for them, as in torch).
     ignore_index : int
@@ -158,8 +158,9 @@ def cross_entropy(
     Without weights or smoothing the gradient is the course's
     :math:`\partial L/\partial x = \mathrm{softmax}(x) - \mathrm{onehot}(y)` (times the
     reduction's scale), for integer and one-hot targets alike. Class indices are checked to
-    lie in ``[0, C)`` (one host synchronization per call); switch this off with
-    :func:`backprop_xp.set_index_checks`.
+    lie in ``[0, C)``, as the values their dtype holds (one host synchronization per call);
+    switch this off with :func:`backprop_xp.set_index_checks`, after which out-of-range
+    indices give undefined values (never an error).
     """
     op = "cross_entropy"
     xp, input, target, weight = op_inputs(
@@ -230,13 +231,7 @@ def cross_entropy(
         )
         return (out[0, ...] if unbatched and reduction == "none" else out), cache
 
-    # int64 like torch's targets: torch gathers only with int64 indices, and a narrow or
-    # unsigned type cannot hold ignore_index=-100 for the comparison
-    t = xp.astype(target, xp.int64, copy=False)[:, None, ...]
-    valid = t != ignore_index
-    if index_checks_enabled():
-        _check_indices(xp, t, valid, n_classes, ignore_index)
-    t_safe = xp.where(valid, t, xp.zeros_like(t))
+    t_safe, valid = _class_indices(xp, target, n_classes, ignore_index)
     picked = xp.take_along_axis(z, t_safe, axis=1)  # z at the target class
     zero = xp.zeros_like(picked)
     nll = log_s - picked  # -log p_y
@@ -279,15 +274,53 @@ def _smooth(xp: ModuleType, z: Array, log_s: Array, weight: Array | None) -> Arr
     return -xp.sum(logp if weight is None else logp * weight, axis=1, keepdims=True)
 
 
-def _check_indices(xp: ModuleType, t: Array, valid: Array, n_classes: int, ignore: int) -> None:
-    bad = valid & ((t < 0) | (t >= n_classes))
-    if bool(xp.any(bad)):  # the one host synchronization of this op
-        lo = int(xp.min(xp.where(bad, t, xp.full_like(t, n_classes))))
-        hi = int(xp.max(xp.where(bad, t, xp.full_like(t, -1))))
-        raise ValueError(
-            f"cross_entropy: argument 'target' expected class indices in [0, {n_classes}) or "
-            f"ignore_index={ignore}, got out-of-range values from {lo} to {hi}"
-        )
+def _class_indices(
+    xp: ModuleType, target: Array, n_classes: int, ignore: int
+) -> tuple[Array, Array]:
+    """``(t, valid)``, keepdims on the class axis: the class indices as int64 (0 where a
+    sample is ignored or, with the checks off, out of range: undefined but safe to gather)
+    and ``target != ignore_index``, both compared as the integers ``target`` holds.
+
+    torch gathers only with int64, so the targets are cast first. The cast is exact for
+    every integer dtype but uint64, whose values from 2**63 come out negative: they are out
+    of range, and never equal to ``ignore_index`` (``2**64 - 100`` is not ``-100``).
+    """
+    t = xp.astype(target, xp.int64, copy=False)
+    unsigned = xp.isdtype(target.dtype, "unsigned integer")
+    info = xp.iinfo(target.dtype)
+    if info.min <= ignore <= info.max:  # else no value of target's dtype equals it
+        image = ignore - 2**64 if ignore >= 2**63 else ignore  # uint64's cast, as above
+        valid = t != image
+    else:
+        valid = xp.ones(t.shape, dtype=xp.bool, device=device(t))
+    in_range = (t >= 0) & (t < n_classes)
+    if index_checks_enabled():
+        bad = valid & ~in_range
+        if bool(xp.any(bad)):  # the one host synchronization of this op
+            lo, hi = _extremes(xp, t, bad, unsigned)
+            raise ValueError(
+                f"cross_entropy: argument 'target' expected class indices in [0, {n_classes}) "
+                f"or ignore_index={ignore}, got out-of-range values from {lo} to {hi}"
+            )
+    t = xp.where(valid & in_range, t, xp.zeros_like(t))
+    return t[:, None, ...], valid[:, None, ...]
+
+
+def _extremes(xp: ModuleType, t: Array, bad: Array, unsigned: bool) -> tuple[int, int]:
+    """The smallest and largest value of the int64 ``t`` where ``bad`` (not empty), as the
+    target held them: a negative ``t`` from an unsigned target is ``t + 2**64``."""
+    info = xp.iinfo(t.dtype)
+
+    def extreme(f: Any, mask: Array, fill: int) -> int:
+        return int(f(xp.where(mask, t, xp.full_like(t, fill))))
+
+    if not unsigned:
+        return extreme(xp.min, bad, info.max), extreme(xp.max, bad, info.min)
+    wrapped, plain = bad & (t < 0), bad & (t >= 0)
+    has_plain, has_wrapped = bool(xp.any(plain)), bool(xp.any(wrapped))
+    lo = extreme(xp.min, plain, info.max) if has_plain else extreme(xp.min, wrapped, -1) + 2**64
+    hi = extreme(xp.max, wrapped, info.min) + 2**64 if has_wrapped else extreme(xp.max, plain, 0)
+    return lo, hi
 
 
 @backward_op(CrossEntropyCache)
