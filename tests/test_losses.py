@@ -528,6 +528,64 @@ def test_bce_with_logits_equals_two_class_cross_entropy(xp, dtype, rng, reductio
     assert_close(dt_b, dt2[..., 0] - dt2[..., 1], **kw)
 
 
+SPECIALS = [np.inf, -np.inf, np.nan, 0.0, 1.0, -2.0, 0.5]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("where", ["input", "target", "weight", "pos_weight"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_with_logits_nonfinite_values_match_torch(rng, where, reduction):
+    """inf, -inf and NaN in each argument against every value of the others: loss and both
+    gradients have NaN and ±inf where torch's have them (its backward formulas term for
+    term: q t + 1 - t, log_sigmoid(-x) - q log_sigmoid(x))."""
+    torch = pytest.importorskip("torch")
+    grid = np.array(list(itertools.product(SPECIALS, repeat=2))).T  # every pair of specials
+    n = grid.shape[1]
+    args = {
+        "input": rng.standard_normal(n) * 3,
+        "target": rng.random(n),
+        "weight": rng.random(n) + 0.5,
+        "pos_weight": rng.random(n) + 0.5,
+    }
+    other = "target" if where == "input" else "input"
+    args[where], args[other] = grid[0].copy(), grid[1].copy()
+    g = rng.standard_normal(n) if reduction == "none" else np.asarray(1.5)
+    x, t = (torch.tensor(args[k], requires_grad=True) for k in ("input", "target"))
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(
+        x,
+        t,
+        torch.tensor(args["weight"]),
+        reduction=reduction,
+        pos_weight=torch.tensor(args["pos_weight"]),
+    )
+    ref.backward(torch.tensor(g))
+    out, cache = F.binary_cross_entropy_with_logits(
+        args["input"], args["target"], args["weight"], reduction, args["pos_weight"]
+    )
+    dx, dt, _, _ = F.binary_cross_entropy_with_logits_backward(g, cache)
+    for got, want, what in ((out, ref, "loss"), (dx, x.grad, "d_input"), (dt, t.grad, "d_target")):
+        _same_nonfinite(got, want.detach().numpy(), f"{what}, specials in {where}")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_mse_loss_nonfinite_values_match_torch(reduction):
+    torch = pytest.importorskip("torch")
+    x, t = np.array(list(itertools.product(SPECIALS, repeat=2))).T
+    g = np.linspace(-1, 1, x.size) if reduction == "none" else np.asarray(0.5)
+    xt, tt = torch.tensor(x, requires_grad=True), torch.tensor(t, requires_grad=True)
+    ref = torch.nn.functional.mse_loss(xt, tt, reduction=reduction)
+    ref.backward(torch.tensor(g))
+    out, cache = F.mse_loss(x, t, reduction=reduction)
+    dx, dt = F.mse_loss_backward(g, cache)
+    for got, want, what in (
+        (out, ref, "loss"),
+        (dx, xt.grad, "d_input"),
+        (dt, tt.grad, "d_target"),
+    ):
+        _same_nonfinite(got, want.detach().numpy(), what)
+
+
 def test_bce_with_logits_large_logits_finite(xp, dtype):
     x = xp.asarray([1e4, -1e4, 0.0], dtype=dtype)
     t = xp.asarray([0.0, 1.0, 0.5], dtype=dtype)

@@ -481,8 +481,12 @@ def binary_cross_entropy_with_logits_backward(
         dx = sig - t
         dt = -x
     else:
-        dx = (1 + (pos_weight - 1) * t) * sig - pos_weight * t
-        dt = (pos_weight - 1) * stable_softplus(xp, -x) - x
+        # torch's formulas term for term, so that infinities meet as there: at t = -inf,
+        # q = 0.5 the algebraically equal 1 + (q - 1) t is inf where q t + 1 - t is NaN, and
+        # at x = -inf, q = 1, (q - 1) softplus(-x) - x is NaN where torch's dt is inf
+        qt = pos_weight * t
+        dx = (qt + 1 - t) * sig - qt
+        dt = pos_weight * stable_softplus(xp, -x) - stable_softplus(xp, x)
     if weight is not None:
         scale = scale * weight
     return scale * dx, scale * dt, None, None
