@@ -196,6 +196,7 @@ def _assert_same_nonfinite(got, want, what):
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-10, atol=1e-10, err_msg=what)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 @SETTINGS
 @given(
     cfg=conv_config(),
