@@ -239,6 +239,123 @@ def test_conv_nan_propagates(xp, rng):
     assert np.isnan(y[0, 0, 0, 0]) and np.isfinite(y[0, 0, 1:, :]).all()
 
 
+def ref_conv_grads(x, w, dy, stride=1, padding=0, dilation=1, groups=1):
+    """``(dx, dW)`` summed over output positions as torch's own kernels sum them: ``dW`` pairs
+    every output position with its window of the zero-padded input (padding zeros
+    included), ``dx`` gets ``W * dy`` only at the real input elements a window reads."""
+    nd = x.ndim - 2
+    st, dl, k = _t(stride, nd), _t(dilation, nd), w.shape[2:]
+    p = _t(padding, nd)
+    xpad = np.pad(x, [(0, 0), (0, 0), *((q, q) for q in p)])
+    dxpad = np.zeros_like(xpad)
+    dw = np.zeros_like(w)
+    cg, og = x.shape[1] // groups, w.shape[0] // groups
+    with np.errstate(all="ignore"):
+        for pos in np.ndindex(*dy.shape[2:]):
+            win = tuple(
+                slice(a * s, a * s + d * (kk - 1) + 1, d)
+                for a, s, d, kk in zip(pos, st, dl, k, strict=True)
+            )
+            for g in range(groups):
+                c, o = slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)
+                g_pos = dy[(slice(None), o, *pos)]  # (N, og)
+                dw[o] += np.tensordot(g_pos, xpad[(slice(None), c, *win)], axes=(0, 0))
+                dxpad[(slice(None), c, *win)] += np.tensordot(g_pos, w[o], axes=(1, 0))
+    interior = tuple(slice(q, q + n) for q, n in zip(p, x.shape[2:], strict=True))
+    return dxpad[(slice(None), slice(None), *interior)], dw
+
+
+def _same_nonfinite(got, want, what, tol=1e-10):
+    """Equal NaN, +inf and -inf positions, the finite values close."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        bad = np.argwhere(test(got) != test(want))
+        assert not bad.size, f"{what}: {test.__name__} differs at {bad[:4].tolist()}"
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=tol, atol=tol, err_msg=what)
+
+
+# (nd, C_in, C_out, spatial, kernel, options): stride 1 with padding is where the terms of
+# a "convolve dy with the flipped kernel" backward would differ from torch's
+NONFINITE_CASES = [
+    (1, 2, 2, 7, 3, {"padding": 1}),
+    (1, 2, 4, 8, 3, {"padding": 2, "dilation": 2, "groups": 2}),
+    (1, 2, 2, 9, 3, {"stride": 2}),
+    (2, 2, 2, 5, 3, {"padding": 1}),
+    (2, 2, 2, 6, 3, {"padding": "same", "dilation": 2}),
+    (2, 4, 4, 6, (2, 3), {"stride": 2, "padding": 1, "groups": 2}),
+    (2, 2, 3, 5, 3, {}),
+    (3, 2, 2, 4, 3, {"padding": 1}),
+    (3, 2, 2, 5, 2, {"stride": 2, "padding": 1}),
+]
+# where the non-finite value goes: (array, index as a function of its shape, value)
+PLACEMENTS = [
+    ("x", lambda s: (0, 0, *(0 for _ in s[2:])), np.inf),  # a corner: next to the padding
+    ("x", lambda s: (1, s[1] - 1, *(n - 1 for n in s[2:])), -np.inf),
+    ("x", lambda s: (0, 1, *(n // 2 for n in s[2:])), np.nan),
+    ("weight", lambda s: (0, 0, *(0 for _ in s[2:])), np.inf),
+    ("weight", lambda s: (s[0] - 1, 0, *(n - 1 for n in s[2:])), np.nan),
+    ("dy", lambda s: (0, 0, *(0 for _ in s[2:])), np.inf),
+    ("dy", lambda s: (1, s[1] - 1, *(n // 2 for n in s[2:])), np.nan),
+]
+
+
+def _nonfinite_inputs(rng, nd, c_in, c_out, spatial, kernel, opts, where, index, value):
+    x, w, _ = _draw(rng, nd, c_in, c_out, spatial, kernel, opts.get("groups", 1), bias=False)
+    out_shape = ref_conv(x, w, **opts).shape
+    dy = rng.standard_normal(out_shape)
+    dy[rng.random(out_shape) < 0.3] = 0.0  # zeros of dy next to the infinities of x: 0 * inf
+    a = {"x": x, "weight": w, "dy": dy}[where]
+    a[index(a.shape)] = value
+    return x, w, dy
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+@pytest.mark.parametrize(("nd", "c_in", "c_out", "spatial", "kernel", "opts"), NONFINITE_CASES)
+def test_conv_nonfinite_values_land_where_torch_puts_them(
+    rng, nd, c_in, c_out, spatial, kernel, opts
+):
+    """inf and NaN in x, weight or dy give NaN, +inf and -inf at exactly torch's positions in
+    y, dx and dW. torch's own kernels (float64; float32 with oneDNN off) are the reference:
+    oneDNN, torch's default for float32 on a CPU, skips the padding in some kernels and not
+    in others, a pattern no formulation reproduces."""
+    torch = pytest.importorskip("torch")
+    tf = getattr(torch.nn.functional, f"conv{nd}d")
+    for where, index, value in PLACEMENTS:
+        x, w, dy = _nonfinite_inputs(
+            rng, nd, c_in, c_out, spatial, kernel, opts, where, index, value
+        )
+        for dtype, tdtype in ((np.float64, torch.float64), (np.float32, torch.float32)):
+            tx, tw = (torch.tensor(a, dtype=tdtype, requires_grad=True) for a in (x, w))
+            with torch.backends.mkldnn.flags(enabled=False, deterministic=None, allow_tf32=None):
+                ty = tf(tx, tw, **opts)
+                ty.backward(torch.tensor(dy, dtype=tdtype))
+            y, cache = CONV[nd](x.astype(dtype), w.astype(dtype), **opts)
+            dx, dw, _ = BACKWARD[nd](dy.astype(dtype), cache)
+            tol = 1e-10 if dtype == np.float64 else 1e-4
+            what = f"{value} in {where}, {dtype.__name__}"
+            _same_nonfinite(y, ty.detach().numpy(), f"y, {what}", tol)
+            _same_nonfinite(dx, tx.grad.numpy(), f"dx, {what}", tol)
+            _same_nonfinite(dw, tw.grad.numpy(), f"dW, {what}", tol)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("case", [NONFINITE_CASES[i] for i in (0, 3, 5, 7)])
+def test_conv_nonfinite_gradients_match_the_loop_reference(xp, rng, case):
+    """The same positions on every backend, against the sum over output positions."""
+    nd, c_in, c_out, spatial, kernel, opts = case
+    for where, index, value in PLACEMENTS[::2]:
+        x, w, dy = _nonfinite_inputs(
+            rng, nd, c_in, c_out, spatial, kernel, opts, where, index, value
+        )
+        _, cache = CONV[nd](xp.asarray(x), xp.asarray(w), **opts)
+        dx, dw, _ = BACKWARD[nd](xp.asarray(dy), cache)
+        want_dx, want_dw = ref_conv_grads(x, w, dy, **opts)
+        _same_nonfinite(to_np(dx), want_dx, f"dx, {value} in {where}")
+        _same_nonfinite(to_np(dw), want_dw, f"dW, {value} in {where}")
+
+
 @pytest.mark.parametrize(
     ("x_shape", "w_shape", "opts", "match"),
     [
@@ -331,6 +448,81 @@ def test_conv_rejects_bad_input(xp, x_shape, w_shape, opts, match):
     err = TypeError if "got 2.0" in match else ValueError
     with pytest.raises(err, match=match):
         op(xp.asarray(np.ones(x_shape)), xp.asarray(np.ones(w_shape)), **opts)
+
+
+def _ones(xp, nd, c_in=1, c_out=1):
+    return (
+        xp.asarray(np.ones((1, c_in, *(4,) * nd))),
+        xp.asarray(np.ones((c_out, c_in, *(3,) * nd))),
+    )
+
+
+@pytest.mark.parametrize(("nd", "padding"), [(1, 10**18), (2, 10**9), (2, 10**15), (3, 10**7)])
+def test_conv_padding_no_array_can_hold_is_refused(xp, nd, padding):
+    """An output of more than 2**63 - 1 bytes cannot exist on any machine: the op's own
+    ValueError, before anything is allocated."""
+    x, w = _ones(xp, nd)
+    with pytest.raises(
+        ValueError,
+        match=rf"^conv{nd}d: argument 'padding' expected a padding for which the output fits "
+        rf"in an array \(at most 2\*\*63 - 1 bytes\), got \({padding}(, {padding})*,?\): the "
+        rf"output would have shape \(1, 1, {2 * padding + 2}(, {2 * padding + 2})*\), \d+ bytes$",
+    ):
+        CONV[nd](x, w, padding=padding)
+
+
+@pytest.mark.parametrize(("nd", "padding"), [(1, 10**15), (2, 10**7), (3, 10**5)])
+def test_conv_padding_no_memory_can_hold_is_a_memory_error(xp, nd, padding):
+    """Addressable but far past any machine's memory (10**15 to 10**17 bytes, more than a
+    process's address space): the allocation fails, and the MemoryError says which argument
+    made the buffer that big and how many bytes it needed."""
+    x, w = _ones(xp, nd)
+    size = 2 * padding + 2
+    nbytes = 8 * size**nd
+    with pytest.raises(
+        MemoryError,
+        match=rf"^conv{nd}d: argument 'padding' \({padding}(, {padding})*,?\) makes the output "
+        rf"of shape \(1, 1, {size}(, {size})*\) need {nbytes} bytes, which could not be "
+        r"allocated$",
+    ):
+        CONV[nd](x, w, padding=padding)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"padding": 10**12, "stride": 10**12},
+        {"padding": 10**12, "dilation": 10**12},
+        {"padding": 2, "stride": 10**12},
+    ],
+    ids=["padding-and-stride", "padding-and-dilation", "stride"],
+)
+def test_conv_huge_padding_with_a_small_output_computes_as_torch(xp, rng, nd, opts):
+    """Padding of 10**12 with stride or dilation of 10**12 has an output of a few positions,
+    which torch computes: so do we, without building the padded input."""
+    torch = pytest.importorskip("torch")
+    x, w, b = _draw(rng, nd, 2, 3, 4, 3, 1)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = getattr(torch.nn.functional, f"conv{nd}d")(tx, tw, tb, **opts)
+    dy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(dy))
+    y, cache = CONV[nd](xp.asarray(x), xp.asarray(w), xp.asarray(b), **opts)
+    grads = BACKWARD[nd](xp.asarray(dy), cache)
+    np.testing.assert_allclose(to_np(y), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    for got, t in zip(grads, (tx, tw, tb), strict=True):
+        np.testing.assert_allclose(to_np(got), t.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_conv_dilation_past_the_padded_input_is_refused(xp, nd):
+    x, w = _ones(xp, nd)
+    with pytest.raises(
+        ValueError,
+        match=rf"^conv{nd}d: argument 'weight' expected a kernel extent .* no larger than the "
+        rf"padded input \(6(, 6)*,?\), got kernel \(3(, 3)*,?\) with dilation \(10+(, 10+)*,?\)$",
+    ):
+        CONV[nd](x, w, padding=1, dilation=10**12)
 
 
 def test_conv_groups_may_be_a_numpy_int(xp, rng):

@@ -309,6 +309,123 @@ def test_float16_means_accumulate_in_float32(xp, op):
     assert np.all(np.isfinite(to_np(dx))) and np.any(to_np(dx) != 0)
 
 
+def _same_nonfinite(got, want, what):
+    """Equal NaN, +inf and -inf positions, the finite values close."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        assert np.array_equal(test(got), test(want)), f"{what}: {test.__name__} differs"
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-10, atol=1e-12, err_msg=what)
+
+
+# (weight, target, ignore_index): class-index targets whose kept weights sum to 0 (torch
+# divides by that 0: ±inf, or NaN), and a weight only an ignored sample's class has
+ZERO_SUM = {
+    "weights-sum-to-zero": ([1.0, -1.0, 2.0, 0.5], [0, 1, 0, 1], -100),
+    "target-weights-zero": ([0.0, 0.0, 1.0, 1.0], [0, 1, 1, 0], -100),
+    "only-ignored-weighted": ([0.0, 0.0, 3.0, 1.0], [0, 1, 2, 0], 2),
+    "ignored-class-weight-inf": ([1.0, 0.5, np.inf, 1.0], [0, 1, 2, 3], 2),
+}
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # NumPy's inf * 0
+@pytest.mark.parametrize("case", list(ZERO_SUM))
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.25])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_degenerate_class_weights_match_torch(rng, case, label_smoothing, reduction):
+    """Value and gradient, NaN and ±inf included: torch divides "mean" by the kept target
+    weights as they are and combines the smoothing term after dividing."""
+    torch = pytest.importorskip("torch")
+    w, t, ignore = (np.asarray(v) for v in ZERO_SUM[case])
+    x = rng.standard_normal((4, 4))
+    opts = {"ignore_index": int(ignore), "reduction": reduction, "label_smoothing": label_smoothing}
+    xt = torch.tensor(x, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(xt, torch.tensor(t), torch.tensor(w), **opts)
+    g = rng.standard_normal(tuple(ref.shape))
+    ref.backward(torch.tensor(g))
+    out, cache = F.cross_entropy(x, t, w, **opts)
+    (dx, *_) = F.cross_entropy_backward(g, cache)
+    _same_nonfinite(out, ref.detach().numpy(), "loss")
+    _same_nonfinite(dx, xt.grad.numpy(), "d_input")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_zero_sum_weights_with_probabilities_match_torch(rng, reduction):
+    """Probability targets: "mean" divides by the number of samples, never by the weights."""
+    torch = pytest.importorskip("torch")
+    x, t = rng.standard_normal((3, 4)), rng.dirichlet(np.ones(4), size=3)
+    w = np.array([1.0, -1.0, 2.0, -2.0])
+    xt, tt = torch.tensor(x, requires_grad=True), torch.tensor(t, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(
+        xt, tt, torch.tensor(w), reduction=reduction, label_smoothing=0.1
+    )
+    ref.backward(torch.ones_like(ref))
+    out, cache = F.cross_entropy(x, t, w, reduction=reduction, label_smoothing=0.1)
+    dx, dt, _ = F.cross_entropy_backward(np.ones(tuple(ref.shape)), cache)
+    for got, want, what in ((out, ref, "loss"), (dx, xt.grad, "dx"), (dt, tt.grad, "dt")):
+        _same_nonfinite(got, want.detach().numpy(), what)
+
+
+def test_cross_entropy_zero_sum_weights_on_every_backend(xp):
+    """The same ±inf and NaN on every backend, and no NumPy warning for the division by
+    zero in the forward."""
+    x = xp.asarray(np.array([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0], [1.0, 1.0, 1.0]]))
+    w = xp.asarray(np.array([1.0, -1.0, 5.0]))
+    loss, cache = F.cross_entropy(x, xp.asarray(np.array([0, 1, 2])), weight=w, ignore_index=2)
+    assert np.isposinf(to_np(loss))  # (0.41 - 0.17) / (1 - 1)
+    nothing, _ = F.cross_entropy(x, xp.asarray(np.array([2, 2, 2])), ignore_index=2)
+    assert np.isnan(to_np(nothing))  # 0 / 0: nothing kept
+    with np.errstate(invalid="ignore"):  # inf - inf, as in torch: NumPy's warning only
+        (dx, *_) = F.cross_entropy_backward(xp.asarray(1.0), cache)
+    dx = to_np(dx)
+    # torch's -w_y g / 0 at the target (-inf, then +inf for w = -1), then dx = gl - p Σ gl
+    assert np.isnan(dx[0, 0]) and np.isposinf(dx[0, 1:]).all()
+    assert np.isnan(dx[1, 1]) and np.isneginf(dx[1, [0, 2]]).all()
+    assert (dx[2] == 0).all()
+
+
+INTEGER_DTYPES = ["uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64"]
+
+
+@pytest.mark.parametrize("tdtype", INTEGER_DTYPES)
+def test_cross_entropy_index_check_in_every_integer_dtype(xp, tdtype):
+    """Out-of-range class indices are caught whatever their dtype, as the values the target
+    holds: uint64's 2**64 - 100 is not ignore_index=-100 (an int64 cast would make it so),
+    nor is uint8's 156 (-100 modulo 256)."""
+    x = xp.asarray(np.zeros((3, 3)))
+    info = np.iinfo(tdtype)
+    bad = [3, int(info.max), (-100) % 2**info.bits if info.min == 0 else -100]
+    if info.min < 0:
+        bad[2] = int(info.min)  # -100 is the ignore_index: kept signed
+    for value in bad:
+        t = xp.asarray(np.array([0, value, 1], dtype=tdtype))
+        with pytest.raises(
+            ValueError,
+            match=rf"^cross_entropy: argument 'target' expected class indices in \[0, 3\) or "
+            rf"ignore_index=-100, got out-of-range values from {value} to {value}$",
+        ):
+            F.cross_entropy(x, t)
+    if info.min < 0:  # -100 is ignored, in any signed dtype
+        t = xp.asarray(np.array([0, -100, 1], dtype=tdtype))
+        assert float(to_np(F.cross_entropy(x, t)[0])) == pytest.approx(np.log(3))
+    if tdtype == "uint64":
+        t = xp.asarray(np.array([2**64 - 1, 5, 2**63], dtype=tdtype))
+        with pytest.raises(ValueError, match=rf"from 5 to {2**64 - 1}$"):
+            F.cross_entropy(x, t)
+
+
+@pytest.mark.parametrize("tdtype", ["uint8", "uint64", "int8", "int64"])
+def test_cross_entropy_without_index_checks_never_crashes(xp, tdtype):
+    """Out-of-range indices with the check off give undefined values, not an IndexError
+    from the gather."""
+    x = xp.asarray(np.zeros((3, 3)))
+    t = xp.asarray(np.array([0, 7, 200 if tdtype.startswith("u") else -7], dtype=tdtype))
+    with backprop_xp.index_checks(False):
+        loss, cache = F.cross_entropy(x, t, weight=xp.asarray(np.ones(3)), label_smoothing=0.1)
+        (dx, *_) = F.cross_entropy_backward(xp.ones_like(loss), cache)
+    assert tuple(dx.shape) == (3, 3)
+
+
 def test_cross_entropy_index_check_can_be_switched_off(xp):
     x = xp.asarray(np.zeros((2, 3)))
     with backprop_xp.index_checks(False):
@@ -409,6 +526,64 @@ def test_bce_with_logits_equals_two_class_cross_entropy(xp, dtype, rng, reductio
     assert_close(dz_b, dz_c, **kw)
     # d/dt of [t, 1 - t] is [1, -1]
     assert_close(dt_b, dt2[..., 0] - dt2[..., 1], **kw)
+
+
+SPECIALS = [np.inf, -np.inf, np.nan, 0.0, 1.0, -2.0, 0.5]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("where", ["input", "target", "weight", "pos_weight"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_with_logits_nonfinite_values_match_torch(rng, where, reduction):
+    """inf, -inf and NaN in each argument against every value of the others: loss and both
+    gradients have NaN and ±inf where torch's have them (its backward formulas term for
+    term: q t + 1 - t, log_sigmoid(-x) - q log_sigmoid(x))."""
+    torch = pytest.importorskip("torch")
+    grid = np.array(list(itertools.product(SPECIALS, repeat=2))).T  # every pair of specials
+    n = grid.shape[1]
+    args = {
+        "input": rng.standard_normal(n) * 3,
+        "target": rng.random(n),
+        "weight": rng.random(n) + 0.5,
+        "pos_weight": rng.random(n) + 0.5,
+    }
+    other = "target" if where == "input" else "input"
+    args[where], args[other] = grid[0].copy(), grid[1].copy()
+    g = rng.standard_normal(n) if reduction == "none" else np.asarray(1.5)
+    x, t = (torch.tensor(args[k], requires_grad=True) for k in ("input", "target"))
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(
+        x,
+        t,
+        torch.tensor(args["weight"]),
+        reduction=reduction,
+        pos_weight=torch.tensor(args["pos_weight"]),
+    )
+    ref.backward(torch.tensor(g))
+    out, cache = F.binary_cross_entropy_with_logits(
+        args["input"], args["target"], args["weight"], reduction, args["pos_weight"]
+    )
+    dx, dt, _, _ = F.binary_cross_entropy_with_logits_backward(g, cache)
+    for got, want, what in ((out, ref, "loss"), (dx, x.grad, "d_input"), (dt, t.grad, "d_target")):
+        _same_nonfinite(got, want.detach().numpy(), f"{what}, specials in {where}")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_mse_loss_nonfinite_values_match_torch(reduction):
+    torch = pytest.importorskip("torch")
+    x, t = np.array(list(itertools.product(SPECIALS, repeat=2))).T
+    g = np.linspace(-1, 1, x.size) if reduction == "none" else np.asarray(0.5)
+    xt, tt = torch.tensor(x, requires_grad=True), torch.tensor(t, requires_grad=True)
+    ref = torch.nn.functional.mse_loss(xt, tt, reduction=reduction)
+    ref.backward(torch.tensor(g))
+    out, cache = F.mse_loss(x, t, reduction=reduction)
+    dx, dt = F.mse_loss_backward(g, cache)
+    for got, want, what in (
+        (out, ref, "loss"),
+        (dx, xt.grad, "d_input"),
+        (dt, tt.grad, "d_target"),
+    ):
+        _same_nonfinite(got, want.detach().numpy(), what)
 
 
 def test_bce_with_logits_large_logits_finite(xp, dtype):

@@ -186,3 +186,38 @@ def test_conv1d_gradcheck_on_any_configuration(xp, cfg):
     if cfg["bias"]:
         inputs.append(xp.asarray(rng.standard_normal(cfg["weight"][0])))
     gradcheck(F.conv1d, inputs, cfg["opts"])
+
+
+def _assert_same_nonfinite(got, want, what):
+    got, want = np.asarray(got), np.asarray(want)
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        assert np.array_equal(test(got), test(want)), f"{what}: {test.__name__} differs"
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-10, atol=1e-10, err_msg=what)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+@SETTINGS
+@given(
+    cfg=conv_config(),
+    where=st.sampled_from(["x", "weight", "dy"]),
+    value=st.sampled_from([np.inf, -np.inf, np.nan]),
+)
+def test_conv1d_nonfinite_values_land_where_torch_puts_them(cfg, where, value):
+    """One inf or NaN anywhere, zeros in dy: NaN, +inf and -inf where torch puts them."""
+    torch = _torch()
+    rng = np.random.default_rng(cfg["seed"])
+    x, w = rng.standard_normal(cfg["shape"]), rng.standard_normal(cfg["weight"])
+    opts = cfg["opts"]
+    y, cache = F.conv1d(x, w, **opts)
+    dy = rng.standard_normal(tuple(y.shape)) * (rng.random(tuple(y.shape)) < 0.7)
+    a = {"x": x, "weight": w, "dy": dy}[where]
+    a[tuple(int(rng.integers(n)) for n in a.shape)] = value
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    ty = torch.nn.functional.conv1d(tx, tw, **opts)
+    ty.backward(torch.tensor(dy))
+    with np.errstate(invalid="ignore"):
+        y, cache = F.conv1d(x, w, **opts)
+        dx, dw, _ = F.conv1d_backward(dy, cache)
+    for got, want, what in ((y, ty, "y"), (dx, tx.grad, "dx"), (dw, tw.grad, "dW")):
+        _assert_same_nonfinite(got, want.detach().numpy(), f"{what}, {value} in {where}")

@@ -19,14 +19,19 @@ with :math:`\tilde x` the zero-padded input.
 
 im2col gathers :math:`\tilde x_{n,c,s\ell+d\kappa}` into the matrix ``cols`` of shape
 ``(C_in |K|, N |L|)`` (rows: channel-major, then kernel offset; columns: batch, then
-position), one strided slice of the padded input per kernel offset. Then per group
-``y = W @ cols`` (one GEMM) and ``dW = dY @ cols^T`` (one GEMM). For ``dx``, in general
-``dcols = W^T @ dY`` (one GEMM) and col2im adds each kernel offset's block of ``dcols``
-back into a zero-padded ``dx``. With stride 1, ``dx`` is itself a stride-1 convolution of
-``dY`` with the flipped, transposed kernel, so ``dx = W_flip^T @ im2col(dY)`` (one GEMM)
-replaces col2im's ``|K|`` read-modify-write passes over ``dx``; the same ``im2col(dY)``
-also gives the weight gradient, ``dW_flip = im2col(dY) @ x^T``, so the stride-1 backward
-builds one im2col buffer instead of two.
+position): per kernel offset, one strided slice of the input goes to the output positions
+whose tap is an input element, and the rest of that offset's block stays zero. The padded
+input is never built (a padding of ``10**12`` with a stride of ``10**12`` has a small
+output). Then per group ``y = W @ cols`` (one GEMM), ``dW = dY @ cols^T`` (one GEMM) and
+``dcols = W^T @ dY`` (one GEMM), and col2im adds each offset's block of ``dcols`` back
+into ``dx``, at the input elements it read only.
+
+These are the terms torch's own kernels sum, so NaN, +inf and -inf land where torch's do:
+``dW`` has a ``dy * 0`` term for every tap in the padding (NaN where ``dy`` is infinite)
+and no term pairing ``x`` with anything but a real output position, and ``dx`` has no
+``W * 0`` term. (Computing the stride-1 ``dx`` as a convolution of ``dY`` with the
+flipped kernel, and ``dW`` from the same ``im2col(dY)``, saves col2im but zero-pads
+``dY``: an infinite ``x`` or ``W`` then puts NaN into entries torch leaves finite.)
 
 Batches are processed in chunks so that the im2col buffers alive at one time stay under a
 byte budget, :func:`set_conv_workspace_bytes` (default 8 MiB on a CPU, 2 GiB on a GPU);
@@ -35,6 +40,7 @@ each chunk is still one GEMM per direction.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -53,7 +59,7 @@ from ._validation import (
     op_inputs,
     shape_error,
 )
-from ._windows import Window, as_tuple, make_window, pad_spatial
+from ._windows import Window, as_tuple, make_window
 
 __all__ = [
     "conv1d",
@@ -79,11 +85,10 @@ def set_conv_workspace_bytes(nbytes: int | None) -> None:
     ``None`` restores the defaults. ``with F.conv_workspace_bytes(n):`` sets it for a block.
 
     The forward builds ``cols``, ``C_in * prod(kernel) * prod(out_spatial) * itemsize``
-    bytes per batch item; the backward builds ``cols`` and then either ``dcols`` (same size,
-    both alive) or, with stride 1, ``im2col(dy)`` (``C_out * prod(kernel) * prod(in_spatial)
-    * itemsize`` per item, built after ``cols`` is freed). The batch is split into chunks
-    whose live buffers fit the budget (at least one item per chunk); each chunk is one GEMM
-    per direction. Larger budgets mean fewer, larger GEMMs; smaller ones less peak memory.
+    bytes per batch item; the backward builds ``cols`` and then ``dcols``, the same size
+    each, and counts both. The batch is split into chunks whose buffers fit the budget (at
+    least one item per chunk); each chunk is one GEMM per direction. Larger budgets mean
+    fewer, larger GEMMs; smaller ones less peak memory.
 
     Defaults: 8 MiB for arrays on the CPU (on a 2-core CPU 8-16 MiB chunks were also the
     fastest: the buffers stay in cache between im2col and the GEMM) and 2 GiB on GPUs
@@ -187,12 +192,14 @@ def _conv_nd(
         lo = hi = as_tuple(op, "padding", padding, nd, minimum=0)
     win = make_window(op, tuple(x.shape[2:]), kernel, stride, dilation, lo, hi)
 
+    _check_sizes(op, xp, x, win, c_out)
     n = x.shape[0]
-    y = xp.empty((n, c_out, *win.out_size), dtype=x.dtype, device=device(x))
+    taps = _taps(win)
+    y = _new(xp, xp.empty, (n, c_out, *win.out_size), x, op, win, "output")
     Wg = _weight_matrix(xp, weight, groups)
     per_item = x.shape[1] * win.n_offsets * _prod(win.out_size)
     for a, b in _chunks(xp, x, per_item):
-        cols = _im2col(xp, x[a:b, ...], win, groups)  # (G, C_g |K|, n |L|)
+        cols = _im2col(xp, x[a:b, ...], win, groups, taps, op)  # (G, C_g |K|, n |L|)
         yc = xp.matmul(Wg, cols)  # (G, C_out/G, n |L|)
         yc = xp.reshape(yc, (c_out, b - a, *win.out_size))
         if bias is not None:
@@ -217,80 +224,43 @@ def _conv_nd_backward(
     xp, dy = cotangent_namespace(op, dy, x, shape[1:] if unbatched else shape, x.dtype)
     if unbatched:
         dy = dy[None, ...]
-    transposed = _transposed_window(win)
-    if transposed is None:
-        dx, dW = _backward_im2col_x(xp, dy, x, weight, win, groups)
-    else:
-        dx, dW = _backward_im2col_dy(xp, dy, x, weight, win, groups, *transposed)
+    dx, dW = _input_and_weight_grads(xp, dy, x, weight, win, groups, op)
     db = xp.sum(dy, axis=(0, *range(2, nd + 2))) if has_bias else None
     return (dx[0, ...] if unbatched else dx), dW, db
 
 
-def _backward_im2col_x(
-    xp: ModuleType, dy: Array, x: Array, weight: Array, win: Window, groups: int
+def _input_and_weight_grads(
+    xp: ModuleType, dy: Array, x: Array, weight: Array, win: Window, groups: int, op: str
 ) -> tuple[Array, Array]:
-    """Any stride: ``dW^T = cols @ dy^T``, ``dcols = W^T @ dy``, then col2im."""
+    r"""``dW^T = cols @ dY^T`` and ``dcols = W^T @ dY``, then col2im: torch's terms.
+
+    Every term of :math:`\partial L/\partial W` pairs a real output position with its
+    tap, an input element or a padding zero (``0 * dy``: NaN where ``dy`` is infinite), and
+    every term of :math:`\partial L/\partial x` a weight with a real output position, as in
+    torch's own kernels; so non-finite values land where torch puts them.
+    """
     nd = len(win.in_size)
-    c_in, c_out = x.shape[1], weight.shape[0]
+    c_out = weight.shape[0]
+    taps = _taps(win)
     Wg = _weight_matrix(xp, weight, groups)  # (G, C_out/G, C_g |K|)
     WgT = xp.permute_dims(Wg, (0, 2, 1))
     # dW^T = cols @ dy^T: with cols as the untransposed operand OpenBLAS runs ~30% faster
     # than dy @ cols^T (measured); the small result is transposed once at the end.
     dWgT = xp.zeros((groups, Wg.shape[2], Wg.shape[1]), dtype=x.dtype, device=device(x))
-    dx = xp.empty(tuple(x.shape), dtype=x.dtype, device=device(x))
+    dx = xp.zeros(tuple(x.shape), dtype=x.dtype, device=device(x))
     perm = (1, 0, *range(2, nd + 2))
-    per_item = 2 * win.n_offsets * c_in * _prod(win.out_size)  # cols and dcols
+    # cols, then dcols (one at a time, counted as two: one-item chunks of the benchmark's
+    # 32x32x64 input were 6% faster than three-item ones on a 2-core machine, 1 thread)
+    per_item = 2 * win.n_offsets * x.shape[1] * _prod(win.out_size)
     for a, b in _chunks(xp, x, per_item):
-        cols = _im2col(xp, x[a:b, ...], win, groups)  # (G, C_g |K|, n |L|)
+        cols = _im2col(xp, x[a:b, ...], win, groups, taps, op)  # (G, C_g |K|, n |L|)
         dyc = xp.reshape(xp.permute_dims(dy[a:b, ...], perm), (groups, c_out // groups, -1))
         dWgT = dWgT + xp.matmul(cols, xp.permute_dims(dyc, (0, 2, 1)))
         del cols
         dcols = xp.matmul(WgT, dyc)  # (G, C_g |K|, n |L|)
-        dxc = _col2im(xp, dcols, win, c_in, b - a)  # (C_in, n, *S)
+        dx = _col2im(xp, dcols, win, taps, dx, slice(a, b))
         del dcols
-        dx = xpx.at(dx, (slice(a, b), ...)).set(xp.permute_dims(dxc, perm))
     dW = xp.reshape(xp.permute_dims(dWgT, (0, 2, 1)), tuple(weight.shape))
-    return dx, dW
-
-
-def _backward_im2col_dy(
-    xp: ModuleType,
-    dy: Array,
-    x: Array,
-    weight: Array,
-    win: Window,
-    groups: int,
-    crop: tuple[slice, ...],
-    twin: Window,
-) -> tuple[Array, Array]:
-    r"""Stride 1: one im2col, of ``dy``, serves both gradients.
-
-    ``dx`` is a stride-1 convolution of ``dy`` with the flipped, transposed kernel:
-    ``dx = W_flip^T @ dycols``. The same ``dycols`` give the weight gradient with the kernel
-    flipped, :math:`\partial L/\partial W_{o,c,k-1-\kappa'} = \sum_{n,u}
-    \text{dycols}_{(o,\kappa'),(n,u)}\, x_{n,c,u}`, so ``dW_flip = dycols @ x^T`` needs
-    only ``x`` in ``(C, N |S|)`` order (an input-sized copy), not im2col(x).
-    """
-    nd = len(win.in_size)
-    c_in, c_out = x.shape[1], weight.shape[0]
-    c_g = c_in // groups
-    Wt = _flipped_weight_matrix(xp, weight, groups)  # (G, C_g, C_out/G |K|)
-    dWf = xp.zeros((groups, Wt.shape[2], c_g), dtype=x.dtype, device=device(x))
-    dx = xp.empty(tuple(x.shape), dtype=x.dtype, device=device(x))
-    perm = (1, 0, *range(2, nd + 2))
-    per_item = win.n_offsets * c_out * _prod(win.in_size)  # dycols
-    for a, b in _chunks(xp, x, per_item):
-        rows = (slice(a, b), slice(None), *crop)
-        dycols = _im2col(xp, dy[rows], twin, groups)
-        xt = xp.reshape(xp.permute_dims(x[a:b, ...], perm), (groups, c_g, -1))
-        dWf = dWf + xp.matmul(dycols, xp.permute_dims(xt, (0, 2, 1)))
-        dxc = xp.reshape(xp.matmul(Wt, dycols), (c_in, b - a, *win.in_size))
-        del dycols
-        dx = xpx.at(dx, (slice(a, b), ...)).set(xp.permute_dims(dxc, perm))
-    # dWf: rows (output channel, flipped offset), columns input channel of the group
-    dW = xp.reshape(dWf, (c_out, *win.kernel, c_g))
-    dW = xp.flip(dW, axis=tuple(range(1, nd + 1)))
-    dW = xp.permute_dims(dW, (0, nd + 1, *range(1, nd + 1)))
     return dx, dW
 
 
@@ -308,42 +278,6 @@ def _chunks(xp: ModuleType, x: Array, elements_per_item: int) -> Iterator[tuple[
         yield a, min(n, a + step)
 
 
-def _transposed_window(win: Window) -> tuple[tuple[slice, ...], Window] | None:
-    r"""For stride 1, the geometry of :math:`dx` as a convolution of :math:`dy`.
-
-    :math:`dx_u = \sum_\kappa W_\kappa^\top dy_{u + p_{lo} - d\kappa}`: with the kernel
-    flipped, a stride-1 convolution of ``dy`` padded by :math:`d(k-1) - p` on each side
-    (where that is negative, ``dy`` is cropped instead: those outputs saw only padding).
-    Returns the crop of ``dy``'s spatial axes and the window, or None for strides > 1.
-    """
-    if any(s != 1 for s in win.stride):
-        return None
-    crop, lo2, hi2, size = [], [], [], []
-    for k, d, lo, hi, m in zip(
-        win.kernel, win.dilation, win.pad_lo, win.pad_hi, win.out_size, strict=True
-    ):
-        p, q = d * (k - 1) - lo, d * (k - 1) - hi
-        start, stop = max(0, -p), m - max(0, -q)
-        crop.append(slice(start, stop))
-        lo2.append(max(p, 0))
-        hi2.append(max(q, 0))
-        size.append(stop - start)
-    twin = Window(
-        tuple(size), win.kernel, win.stride, win.dilation, tuple(lo2), tuple(hi2), win.in_size
-    )
-    return tuple(crop), twin
-
-
-def _flipped_weight_matrix(xp: ModuleType, weight: Array, groups: int) -> Array:
-    r"""``(G, C_in/G, C_out/G * |K|)``: per group, :math:`W^\top` with the kernel flipped,
-    columns ordered as the rows of im2col(dy) (output channel, then kernel offset)."""
-    nd = weight.ndim - 2
-    c_out, c_g = weight.shape[0], weight.shape[1]
-    wf = xp.flip(weight, axis=tuple(range(2, nd + 2)))
-    wf = xp.reshape(wf, (groups, c_out // groups, c_g, -1))
-    return xp.reshape(xp.permute_dims(wf, (0, 2, 1, 3)), (groups, c_g, -1))
-
-
 def _prod(t: tuple[int, ...]) -> int:
     p = 1
     for v in t:
@@ -351,35 +285,137 @@ def _prod(t: tuple[int, ...]) -> int:
     return p
 
 
-def _im2col(xp: ModuleType, x: Array, win: Window, groups: int) -> Array:
+class _Tap(NamedTuple):
+    """One kernel offset's taps that land on the input rather than in the padding."""
+
+    j: int  # the offset's index in window order
+    out: tuple[slice, ...]  # the output positions whose tap at this offset is an input element
+    inp: tuple[slice, ...]  # those input elements, strided slices of the spatial axes
+
+
+def _taps(win: Window) -> list[_Tap]:
+    r"""Per kernel offset :math:`\kappa`, the box of output positions :math:`\ell` with
+    :math:`0 \le s\ell + d\kappa - p_{lo} < S` on every axis, and the input slices they read.
+
+    The padded input is never built: padding of ``10**12`` with stride or dilation of
+    ``10**12`` has a small output, which only a few taps of a few offsets reach. Offsets
+    whose taps all fall in the padding are left out.
+    """
+    per_axis = []
+    for size, k, s, d, lo, m in zip(
+        win.in_size, win.kernel, win.stride, win.dilation, win.pad_lo, win.out_size, strict=True
+    ):
+        ranges: list[tuple[slice, slice] | None] = []
+        for i in range(k):
+            first = max(0, -((d * i - lo) // s))  # ceil((lo - d i) / s)
+            last = min(m - 1, (size - 1 + lo - d * i) // s)
+            if first > last:
+                ranges.append(None)
+                continue
+            start = s * first + d * i - lo
+            ranges.append((slice(first, last + 1), slice(start, start + s * (last - first) + 1, s)))
+        per_axis.append(ranges)
+    taps = []
+    for j, combo in enumerate(itertools.product(*per_axis)):
+        if all(r is not None for r in combo):
+            taps.append(_Tap(j, tuple(r[0] for r in combo if r), tuple(r[1] for r in combo if r)))
+    return taps
+
+
+def _covers(taps: list[_Tap], win: Window) -> bool:
+    """Whether the taps fill every ``(offset, output position)``: no padding is read."""
+    return len(taps) == win.n_offsets and all(
+        o.start == 0 and o.stop == m for t in taps for o, m in zip(t.out, win.out_size, strict=True)
+    )
+
+
+def _im2col(xp: ModuleType, x: Array, win: Window, groups: int, taps: list[_Tap], op: str) -> Array:
     """``cols`` of shape ``(G, C_g |K|, n |L|)`` from ``x`` of shape ``(n, C, *S)``.
 
-    The input is transposed to ``(C, n, *S)`` while being padded (one input-sized copy), so
-    each kernel offset's strided slice is already a ``(C, n, *L)`` block and stacking them on
-    axis 1 writes ``cols`` in its final layout: the big buffer is written once, never
-    transposed.
+    ``cols`` is allocated as ``(C, |K|, n, *L)``, zero where a tap falls in the padding, and
+    each kernel offset's taps are copied in with ``x`` transposed to ``(C, n, *S)`` on the
+    fly: one strided copy per offset, the big buffer written in its final layout.
     """
+    n, c = x.shape[0], x.shape[1]
     nd = len(win.in_size)
-    xt = pad_spatial(xp, x, win, 0.0, perm=(1, 0, *range(2, nd + 2)))  # (C, n, *S_pad)
-    blocks = [xt[win.index(k)] for k in win.offsets()]
-    cols = xp.stack(blocks, axis=1)  # (C, |K|, n, *L)
-    return xp.reshape(cols, (groups, -1, x.shape[0] * _prod(win.out_size)))
+    shape = (c, win.n_offsets, n, *win.out_size)
+    make = xp.empty if _covers(taps, win) else xp.zeros
+    cols = _new(xp, make, shape, x, op, win, "im2col buffer")
+    perm = (1, 0, *range(2, nd + 2))
+    for tap in taps:
+        src = (slice(None), slice(None), *tap.inp)
+        block = xp.permute_dims(x[src], perm)
+        cols = xpx.at(cols, (slice(None), tap.j, slice(None), *tap.out)).set(block)
+    return xp.reshape(cols, (groups, -1, n * _prod(win.out_size)))
 
 
-def _col2im(xp: ModuleType, dcols: Array, win: Window, c_in: int, n: int) -> Array:
-    """Adjoint of :func:`_im2col`: ``dx`` of shape ``(C, n, *S)`` from ``dcols``.
+def _col2im(
+    xp: ModuleType, dcols: Array, win: Window, taps: list[_Tap], dx: Array, rows: slice
+) -> Array:
+    """Adjoint of :func:`_im2col`: adds ``dcols`` (for batch items ``rows``) into ``dx``.
 
-    Each kernel offset's ``(C, n, *L)`` block is added into its strided slice of a zero
-    padded buffer; slices of different offsets overlap where windows overlap, which is
-    exactly where the gradient contributions must add up.
+    Each kernel offset's block of taps that read input elements is added into the strided
+    slice of ``dx`` it came from; the entries for taps in the padding are dropped. Slices of
+    different offsets overlap where windows overlap, exactly where the contributions add up.
     """
-    blocks = xp.reshape(dcols, (c_in, win.n_offsets, n, *win.out_size))
-    buf = xp.zeros((c_in, n, *win.padded_size), dtype=dcols.dtype, device=device(dcols))
-    for j, k in enumerate(win.offsets()):
-        buf = xpx.at(buf, win.index(k)).add(blocks[:, j, ...])
-    if win.has_padding:
-        buf = buf[win.interior_index()]
-    return buf
+    n, c = rows.stop - rows.start, dx.shape[1]
+    nd = len(win.in_size)
+    blocks = xp.reshape(dcols, (c, win.n_offsets, n, *win.out_size))
+    perm = (1, 0, *range(2, nd + 2))
+    for tap in taps:
+        src = (slice(None), tap.j, slice(None), *tap.out)
+        block = xp.permute_dims(blocks[src], perm)
+        dx = xpx.at(dx, (rows, slice(None), *tap.inp)).add(block)
+    return dx
+
+
+# The most bytes one array can hold: sizes are int64 in NumPy, torch and CuPy.
+_MAX_BYTES = 2**63 - 1
+
+
+def _blame(win: Window, x_shape: tuple[int, ...]) -> tuple[str, str]:
+    """The argument that made the output this big, and its value: the padding where there is
+    some (without it no output axis is longer than the input's), else the input."""
+    if not win.has_padding:
+        return "x", f"shape {x_shape}"
+    if win.pad_lo == win.pad_hi:
+        return "padding", str(win.pad_lo)
+    return "padding", f"{win.pad_lo} low, {win.pad_hi} high"
+
+
+def _check_sizes(op: str, xp: ModuleType, x: Array, win: Window, c_out: int) -> None:
+    """The output and one batch item's im2col buffer must be arrays that can exist at all
+    (at most ``2**63 - 1`` bytes); whether they fit this machine is up to the allocator."""
+    itemsize = xp.finfo(x.dtype).bits // 8
+    for what, shape in (
+        ("output", (x.shape[0], c_out, *win.out_size)),
+        ("im2col buffer of one batch item", (x.shape[1], win.n_offsets, 1, *win.out_size)),
+    ):
+        nbytes = _prod(tuple(shape)) * itemsize
+        if nbytes > _MAX_BYTES:
+            name, value = _blame(win, tuple(x.shape))
+            kind = "a padding" if name == "padding" else "an input"
+            raise ValueError(
+                f"{op}: argument '{name}' expected {kind} for which the {what} fits in an "
+                f"array (at most 2**63 - 1 bytes), got {value}: the {what} would have shape "
+                f"{tuple(shape)}, {nbytes} bytes"
+            )
+
+
+def _new(
+    xp: ModuleType, make: Any, shape: tuple[int, ...], like: Array, op: str, win: Window, what: str
+) -> Array:
+    """``make(shape)`` (``xp.empty`` or ``xp.zeros``) in ``like``'s dtype and device; a failed
+    allocation is a MemoryError naming the argument that made the buffer this big."""
+    try:
+        return make(shape, dtype=like.dtype, device=device(like))
+    except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError
+        nbytes = _prod(shape) * (xp.finfo(like.dtype).bits // 8)
+        name, value = _blame(win, tuple(like.shape))
+        raise MemoryError(
+            f"{op}: argument '{name}' {value} makes the {what} of shape {shape} need "
+            f"{nbytes} bytes, which could not be allocated"
+        ) from e
 
 
 _CONV_DOC = r"""{nd}-d convolution (cross-correlation), torch's ``conv{nd}d``.

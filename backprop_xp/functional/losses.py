@@ -48,9 +48,19 @@ def _reduce(xp: ModuleType, loss: Array, reduction: str, denominator: Array | No
     # float16 sums accumulate in float32, as torch's do: 30000 squared errors of ~9 already
     # overflow float16 (max 65504)
     total = xp.sum(loss, dtype=_accumulator(xp, loss.dtype))
-    out = total if reduction == "sum" else total / denominator
+    out = total if reduction == "sum" else _divide(xp, total, denominator)
     # asarray: NumPy reduces to a NumPy scalar; the protocol returns 0-d arrays
     return xp.asarray(xp.astype(out, loss.dtype, copy=False))
+
+
+def _divide(xp: ModuleType, a: Array, b: Array) -> Array:
+    """``a / b`` as IEEE 754 and torch give it, also where ``b`` is zero (``±inf``, or NaN
+    for ``0/0``), without the warning NumPy gives for a division by zero."""
+    zero = b == 0
+    q = a / xp.where(zero, xp.ones_like(b), b)
+    signed_inf = xp.copysign(xp.full_like(q, math.inf), a) * xp.copysign(xp.ones_like(b), b)
+    undefined = xp.isnan(a) | (a == 0)
+    return xp.where(zero, xp.where(undefined, xp.full_like(q, math.nan), signed_inf), q)
 
 
 def _accumulator(xp: ModuleType, dtype: Any) -> Any:
@@ -74,8 +84,8 @@ def _count(xp: ModuleType, a: Array, like: Array) -> Array:
     (float32 for float16: 65504 is float16's largest value); NaN when empty, so the mean of
     nothing is NaN as in torch."""
     size = math.prod(a.shape)
-    n = float(size) if size else float("nan")
-    return xp.asarray(n, dtype=_accumulator(xp, like.dtype), device=device(like))
+    n = float(size) if size else math.nan
+    return xp.full((), n, dtype=_accumulator(xp, like.dtype), device=device(like))
 
 
 def _scale(xp: ModuleType, g: Array, reduction: str, denominator: Array | None) -> Array:
@@ -83,7 +93,7 @@ def _scale(xp: ModuleType, g: Array, reduction: str, denominator: Array | None) 
     ``g``'s dtype."""
     if reduction != "mean":
         return g
-    return xp.astype(g / denominator, g.dtype, copy=False)
+    return xp.astype(_divide(xp, g, denominator), g.dtype, copy=False)
 
 
 class CrossEntropyCache(NamedTuple):
@@ -93,7 +103,7 @@ class CrossEntropyCache(NamedTuple):
     target: Array  # class indices (keepdims on the class axis) or probabilities
     weight: Array | None  # class weights broadcast along the class axis
     valid: Array | None  # target != ignore_index, keepdims (class indices only)
-    w_y: Array | None  # weight of each sample's target class, keepdims (weighted indices only)
+    w_y: Array | None  # weight of each kept sample's target class, 0 if ignored (weighted only)
     denominator: Array | None
     reduction: str
     label_smoothing: float
@@ -128,8 +138,8 @@ def cross_entropy(
     input : array, shape (N, C), (N, C, d1, ...) or (C,)
         Unnormalized logits.
     target : array
-        Integer class indices of shape (N, d1, ...) (or () for unbatched input), or floating
-        class probabilities of ``input``'s shape.
+        Integer class indices (any integer dtype) of shape (N, d1, ...) (or () for unbatched
+        input), or floating class probabilities of ``input``'s shape.
     weight : array, shape (C,), optional
         Per-class weights (no gradient is returned for them, as in torch).
     ignore_index : int
@@ -148,8 +158,9 @@ def cross_entropy(
     Without weights or smoothing the gradient is the course's
     :math:`\partial L/\partial x = \mathrm{softmax}(x) - \mathrm{onehot}(y)` (times the
     reduction's scale), for integer and one-hot targets alike. Class indices are checked to
-    lie in ``[0, C)`` (one host synchronization per call); switch this off with
-    :func:`backprop_xp.set_index_checks`.
+    lie in ``[0, C)``, as the values their dtype holds (one host synchronization per call);
+    switch this off with :func:`backprop_xp.set_index_checks`, after which out-of-range
+    indices give undefined values (never an error).
     """
     op = "cross_entropy"
     xp, input, target, weight = op_inputs(
@@ -220,34 +231,37 @@ def cross_entropy(
         )
         return (out[0, ...] if unbatched and reduction == "none" else out), cache
 
-    # int64 like torch's targets: torch gathers only with int64 indices, and a narrow or
-    # unsigned type cannot hold ignore_index=-100 for the comparison
-    t = xp.astype(target, xp.int64, copy=False)[:, None, ...]
-    valid = t != ignore_index
-    if index_checks_enabled():
-        _check_indices(xp, t, valid, n_classes, ignore_index)
-    t_safe = xp.where(valid, t, xp.zeros_like(t))
+    t_safe, valid = _class_indices(xp, target, n_classes, ignore_index)
     picked = xp.take_along_axis(z, t_safe, axis=1)  # z at the target class
+    zero = xp.zeros_like(picked)
     nll = log_s - picked  # -log p_y
     w_y = None
     if weight is not None:
         w_y = xp.reshape(
             xp.take(xp.reshape(weight, (-1,)), xp.reshape(t_safe, (-1,))), t_safe.shape
         )
+        w_y = xp.where(valid, w_y, zero)  # an ignored sample has no target, nor its weight
         nll = nll * w_y
-    loss = nll if eps == 0 else (1 - eps) * nll + (eps / n_classes) * _smooth(xp, z, log_s, weight)
-    zero = xp.zeros_like(loss)
-    loss = xp.where(valid, loss, zero)
-    kept = xp.astype(valid, input.dtype)
+    nll = xp.where(valid, nll, zero)
+    smooth = None if eps == 0 else xp.where(valid, _smooth(xp, z, log_s, weight), zero)
     denominator = None
+    acc = _accumulator(xp, input.dtype)
     if reduction == "mean":
-        # float32 for float16: a count past 65504 would be inf, and the mean 0
-        total = xp.sum(kept if w_y is None else kept * w_y, dtype=_accumulator(xp, input.dtype))
-        # nothing kept: NaN as torch, without a 0/0 (NumPy would warn)
-        denominator = xp.where(
-            total == 0, xp.asarray(float("nan"), dtype=total.dtype, device=device(total)), total
+        # torch divides by the kept samples' target weights (their count when unweighted), as
+        # it is: 0 (all ignored, or weights summing to 0) gives NaN or ±inf. float32 for
+        # float16: a count past 65504 would be inf, and the mean 0
+        kept = xp.astype(valid, input.dtype) if w_y is None else w_y
+        denominator = xp.sum(kept, dtype=acc)
+    if reduction == "mean" and smooth is not None:
+        # torch's order: (1-ε) (Σ nll / W) + (Σ smooth / W) ε/C, each part divided on its own
+        # (with W = 0 their infinities may cancel to NaN)
+        parts = [_divide(xp, xp.sum(a, dtype=acc), denominator) for a in (nll, smooth)]
+        out = xp.asarray(
+            xp.astype((1 - eps) * parts[0] + parts[1] * (eps / n_classes), input.dtype)
         )
-    out = _reduce(xp, loss[:, 0, ...], reduction, denominator)
+    else:
+        loss = nll if smooth is None else (1 - eps) * nll + (eps / n_classes) * smooth
+        out = _reduce(xp, loss[:, 0, ...], reduction, denominator)
     cache = CrossEntropyCache(
         e, s, None, t_safe, weight, valid, w_y, denominator, reduction, eps, False, unbatched
     )
@@ -260,15 +274,53 @@ def _smooth(xp: ModuleType, z: Array, log_s: Array, weight: Array | None) -> Arr
     return -xp.sum(logp if weight is None else logp * weight, axis=1, keepdims=True)
 
 
-def _check_indices(xp: ModuleType, t: Array, valid: Array, n_classes: int, ignore: int) -> None:
-    bad = valid & ((t < 0) | (t >= n_classes))
-    if bool(xp.any(bad)):  # the one host synchronization of this op
-        lo = int(xp.min(xp.where(bad, t, xp.full_like(t, n_classes))))
-        hi = int(xp.max(xp.where(bad, t, xp.full_like(t, -1))))
-        raise ValueError(
-            f"cross_entropy: argument 'target' expected class indices in [0, {n_classes}) or "
-            f"ignore_index={ignore}, got out-of-range values from {lo} to {hi}"
-        )
+def _class_indices(
+    xp: ModuleType, target: Array, n_classes: int, ignore: int
+) -> tuple[Array, Array]:
+    """``(t, valid)``, keepdims on the class axis: the class indices as int64 (0 where a
+    sample is ignored or, with the checks off, out of range: undefined but safe to gather)
+    and ``target != ignore_index``, both compared as the integers ``target`` holds.
+
+    torch gathers only with int64, so the targets are cast first. The cast is exact for
+    every integer dtype but uint64, whose values from 2**63 come out negative: they are out
+    of range, and never equal to ``ignore_index`` (``2**64 - 100`` is not ``-100``).
+    """
+    t = xp.astype(target, xp.int64, copy=False)
+    unsigned = xp.isdtype(target.dtype, "unsigned integer")
+    info = xp.iinfo(target.dtype)
+    if info.min <= ignore <= info.max:  # else no value of target's dtype equals it
+        image = ignore - 2**64 if ignore >= 2**63 else ignore  # uint64's cast, as above
+        valid = t != image
+    else:
+        valid = xp.ones(t.shape, dtype=xp.bool, device=device(t))
+    in_range = (t >= 0) & (t < n_classes)
+    if index_checks_enabled():
+        bad = valid & ~in_range
+        if bool(xp.any(bad)):  # the one host synchronization of this op
+            lo, hi = _extremes(xp, t, bad, unsigned)
+            raise ValueError(
+                f"cross_entropy: argument 'target' expected class indices in [0, {n_classes}) "
+                f"or ignore_index={ignore}, got out-of-range values from {lo} to {hi}"
+            )
+    t = xp.where(valid & in_range, t, xp.zeros_like(t))
+    return t[:, None, ...], valid[:, None, ...]
+
+
+def _extremes(xp: ModuleType, t: Array, bad: Array, unsigned: bool) -> tuple[int, int]:
+    """The smallest and largest value of the int64 ``t`` where ``bad`` (not empty), as the
+    target held them: a negative ``t`` from an unsigned target is ``t + 2**64``."""
+    info = xp.iinfo(t.dtype)
+
+    def extreme(f: Any, mask: Array, fill: int) -> int:
+        return int(f(xp.where(mask, t, xp.full_like(t, fill))))
+
+    if not unsigned:
+        return extreme(xp.min, bad, info.max), extreme(xp.max, bad, info.min)
+    wrapped, plain = bad & (t < 0), bad & (t >= 0)
+    has_plain, has_wrapped = bool(xp.any(plain)), bool(xp.any(wrapped))
+    lo = extreme(xp.min, plain, info.max) if has_plain else extreme(xp.min, wrapped, -1) + 2**64
+    hi = extreme(xp.max, wrapped, info.min) + 2**64 if has_wrapped else extreme(xp.max, plain, 0)
+    return lo, hi
 
 
 @backward_op(CrossEntropyCache)
@@ -319,17 +371,18 @@ def cross_entropy_backward(
             is_target = xp.reshape(classes, (1, n_classes) + (1,) * (e.ndim - 2)) == target
             dx = xp.where(is_target, dx - coef, dx)
     else:
+        # torch's order, so that infinities (class weights summing to 0 under "mean") meet
+        # as they do there: nll_loss's backward puts -w_y (1-ε) g / W at each kept target, the
+        # smoothing term -w_c (ε/C) g / W at every class of a kept sample; then log_softmax's
+        # backward, dx = gl - p Σ_c gl
         p = e / s
         is_target = xp.reshape(classes, (1, n_classes) + (1,) * (e.ndim - 2)) == target
-        w: Any
-        if weight is None or w_y is None:  # unweighted, smoothed: w_c = 1, sum_c w_c = C
-            w_y, w, w_sum = xp.ones_like(s), 1.0, float(n_classes)
-        else:  # w_y was gathered in the forward
-            w, w_sum = weight, xp.sum(weight, axis=1, keepdims=True)
-        a = (1 - eps) * w_y + (eps / n_classes) * w_sum
-        dx = coef * (
-            p * a - xp.where(is_target, (1 - eps) * w_y, xp.zeros_like(p)) - (eps / n_classes) * w
-        )
+        nll_coef = -(1 - eps) * coef
+        gl = xp.where(is_target, nll_coef if w_y is None else w_y * nll_coef, xp.zeros_like(p))
+        if eps:
+            smooth_coef = -(eps / n_classes) * coef
+            gl = gl + (smooth_coef if weight is None else smooth_coef * weight)
+        dx = gl - p * xp.sum(gl, axis=1, keepdims=True)
     if unbatched:
         dx = dx[0, ...]
     return dx, None, None
@@ -428,8 +481,12 @@ def binary_cross_entropy_with_logits_backward(
         dx = sig - t
         dt = -x
     else:
-        dx = (1 + (pos_weight - 1) * t) * sig - pos_weight * t
-        dt = (pos_weight - 1) * stable_softplus(xp, -x) - x
+        # torch's formulas term for term, so that infinities meet as there: at t = -inf,
+        # q = 0.5 the algebraically equal 1 + (q - 1) t is inf where q t + 1 - t is NaN, and
+        # at x = -inf, q = 1, (q - 1) softplus(-x) - x is NaN where torch's dt is inf
+        qt = pos_weight * t
+        dx = (qt + 1 - t) * sig - qt
+        dt = pos_weight * stable_softplus(xp, -x) - stable_softplus(xp, x)
     if weight is not None:
         scale = scale * weight
     return scale * dx, scale * dt, None, None
