@@ -149,6 +149,12 @@ OPS: dict[str, OpCase] = {
         optional=("b_ih", "b_hh"),
         tuple_out=True,
     ),
+    "gelu": OpCase(_x34, ("x",), {"approximate": Opt("choice", "tanh")}),
+    "silu": OpCase(_x34, ("x",)),
+    "mish": OpCase(_x34, ("x",)),
+    "hardtanh": OpCase(_x34, ("x",), {"min_val": Opt("real", -0.5), "max_val": Opt("real", 2.0)}),
+    "logsigmoid": OpCase(_x34, ("x",)),
+    "softsign": OpCase(_x34, ("x",)),
 }
 
 # Public names of F that are not ops of the table (settings, not forward/backward pairs).

@@ -9,21 +9,33 @@ import numpy as np
 
 from .. import functional as F
 from ..backend import device, get_namespace, random_uniform
-from ..functional._validation import bool_option, int_option, real_option, torch_alias
+from ..functional._validation import (
+    bool_option,
+    check_choice,
+    int_option,
+    real_option,
+    torch_alias,
+)
 from .init import RNG, kaiming_uniform, resolve_rng, uniform
 from .module import Backprop, Module, OpLayer, Parameter, once
 
 __all__ = [
     "ELU",
+    "GELU",
     "Dropout",
     "Flatten",
     "GlobalAvgPool",
+    "Hardtanh",
     "Identity",
     "LeakyReLU",
     "Linear",
+    "LogSigmoid",
+    "Mish",
     "ReLU",
+    "SiLU",
     "Sigmoid",
     "Softplus",
+    "Softsign",
     "Tanh",
 ]
 
@@ -169,6 +181,70 @@ class Softplus(OpLayer):
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, threshold={self.threshold}"
+
+
+class GELU(OpLayer):
+    """``F.gelu(x, approximate)``: ``"none"`` (the exact normal CDF) or ``"tanh"``."""
+
+    _op = "gelu"
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        check_choice("GELU", "approximate", approximate, ("none", "tanh"))
+        self.approximate = approximate
+
+    def _options(self) -> dict[str, Any]:
+        return {"approximate": self.approximate}
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class SiLU(OpLayer):
+    r"""``F.silu``: :math:`x\,\sigma(x)`."""
+
+    _op = "silu"
+
+
+class Mish(OpLayer):
+    r"""``F.mish``: :math:`x \tanh(\mathrm{softplus}(x))`."""
+
+    _op = "mish"
+
+
+class Hardtanh(OpLayer):
+    """``F.hardtanh(x, min_val, max_val)``; as torch's layer, ``max_val`` must exceed
+    ``min_val`` (the functional op also takes them equal)."""
+
+    _op = "hardtanh"
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0):
+        super().__init__()
+        self.min_val = real_option("Hardtanh", "min_val", min_val)
+        self.max_val = real_option("Hardtanh", "max_val", max_val)
+        if not self.max_val > self.min_val:
+            raise ValueError(
+                f"Hardtanh: argument 'max_val' expected a value > min_val={self.min_val:g}, "
+                f"got {max_val!r}"
+            )
+
+    def _options(self) -> dict[str, Any]:
+        return {"min_val": self.min_val, "max_val": self.max_val}
+
+    def extra_repr(self) -> str:
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+
+class LogSigmoid(OpLayer):
+    r"""``F.logsigmoid``: :math:`\log \sigma(x)`."""
+
+    _op = "logsigmoid"
+
+
+class Softsign(OpLayer):
+    """``F.softsign``: :math:`x / (1 + |x|)`."""
+
+    _op = "softsign"
 
 
 class Identity(Module):
