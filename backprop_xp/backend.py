@@ -27,6 +27,7 @@ __all__ = [
     "library_name",
     "namespace",
     "random_uniform",
+    "scatter_add_rows",
     "supports_integer_setitem",
     "to_namespace",
     "to_numpy",
@@ -305,3 +306,56 @@ def random_uniform(
         return host.astype(dtype, copy=False)
     arr = to_namespace(host, xp, device)
     return xp.astype(arr, dtype)
+
+
+def scatter_add_rows(xp: ModuleType, index: Array, values: Array, n_rows: int) -> Array | None:
+    """``(n_rows, D)`` zeros plus ``values[i]`` added into row ``index[i]`` for every ``i``,
+    repeated indices accumulating, by the library's own scatter-add (NumPy, torch; CuPy for
+    float32 and float64); None for other libraries and dtypes, where the caller uses a
+    portable algorithm.
+
+    ``array_api_extra.at(x, idx).add(v)`` is no such thing: outside JAX it runs
+    ``x[idx] = x[idx] + v``, which keeps one of the values of a repeated index and drops the
+    rest.
+
+    ``index``: 1-d int32 or int64 in ``[0, n_rows)`` (not checked here); ``values``:
+    ``(len(index), D)``. Work and memory are O(len(index) * D) plus the output.
+    """
+    lib = _library_of_namespace(xp)
+    width = values.shape[1]
+    if lib == "numpy":
+        return _numpy_scatter_add_rows(index, values, n_rows)
+    if lib == "torch":
+        import torch
+
+        out = torch.zeros((n_rows, width), dtype=values.dtype, device=values.device)
+        return out.index_add_(0, index, values)
+    if lib == "cupy" and values.dtype.kind == "f" and values.dtype.itemsize >= 4:
+        import cupy
+        import cupyx
+
+        with values.device:
+            out = cupy.zeros((n_rows, width), dtype=values.dtype)
+            cupyx.scatter_add(out, index, values)  # atomic adds: duplicates accumulate
+        return out
+    return None
+
+
+def _numpy_scatter_add_rows(index: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
+    # np.add.at on rows is slow (a 2-d inner loop per index); on a 1-d array it has a fast
+    # path. One position of each distinct index is written by plain assignment (the targets
+    # are then unique) and only the others go through add.at, on the flattened array.
+    n, width = values.shape
+    out = np.zeros((n_rows, width), dtype=values.dtype)
+    if n == 0 or width == 0:
+        return out
+    position = np.arange(n)
+    owner = np.empty(n_rows, dtype=np.intp)
+    owner[index] = position  # for a repeated index one of its positions is left here
+    first = owner[index] == position
+    out[index[first]] = values[first]
+    rest = ~first
+    if rest.any():
+        flat = (index[rest].astype(np.intp)[:, None] * width + np.arange(width)).reshape(-1)
+        np.add.at(out.reshape(-1), flat, values[rest].reshape(-1))
+    return out

@@ -155,6 +155,11 @@ OPS: dict[str, OpCase] = {
     "hardtanh": OpCase(_x34, ("x",), {"min_val": Opt("real", -0.5), "max_val": Opt("real", 2.0)}),
     "logsigmoid": OpCase(_x34, ("x",)),
     "softsign": OpCase(_x34, ("x",)),
+    "embedding": OpCase(
+        _build(lambda r: np.array([[0, 3, 3], [1, 0, 4]]), _f(5, 3)),
+        ("input", "weight"),
+        {"padding_idx": Opt("int", 3, valid=(None,)), "scale_grad_by_freq": Opt("bool", True)},
+    ),
 }
 
 # Public names of F that are not ops of the table (settings, not forward/backward pairs).

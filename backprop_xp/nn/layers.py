@@ -1,4 +1,4 @@
-"""Linear, Flatten, Dropout and the elementwise activation layers."""
+"""Linear, Embedding, Flatten, Dropout and the elementwise activation layers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from ..backend import device, get_namespace, random_uniform
+from ..backend import device, get_namespace, random_uniform, to_namespace
 from ..functional._validation import (
     bool_option,
     check_choice,
@@ -16,13 +16,14 @@ from ..functional._validation import (
     real_option,
     torch_alias,
 )
-from .init import RNG, kaiming_uniform, resolve_rng, uniform
+from .init import RNG, kaiming_uniform, normal, resolve_rng, uniform
 from .module import Backprop, Module, OpLayer, Parameter, once
 
 __all__ = [
     "ELU",
     "GELU",
     "Dropout",
+    "Embedding",
     "Flatten",
     "GlobalAvgPool",
     "Hardtanh",
@@ -326,3 +327,131 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class Embedding(Module):
+    r"""A lookup table of ``num_embeddings`` vectors of size ``embedding_dim`` (``F.embedding``),
+    torch's ``nn.Embedding``.
+
+    Parameters
+    ----------
+    num_embeddings, embedding_dim : int
+    padding_idx : int, optional
+        Its row starts at zero and gets no gradient; negative values count from the end
+        (stored normalized, as torch's).
+    scale_grad_by_freq : bool
+        Divide each row's gradient by its index's count in the batch.
+    rng : int, numpy.random.Generator or None
+        Seed of the initial weights (see :mod:`backprop_xp.nn.init`).
+    dtype : str
+        Parameter dtype, ``"float32"`` (default) or ``"float64"``.
+    _weight : array, optional
+        The table itself, shape ``(num_embeddings, embedding_dim)`` (as torch's, kept as
+        given and not zeroed at ``padding_idx``); no weights are drawn then.
+
+    Attributes
+    ----------
+    weight : Parameter, shape (num_embeddings, embedding_dim)
+        Initialized :math:`N(0, 1)` (torch's ``normal_``), the ``padding_idx`` row zero.
+
+    The forward takes an integer array of any shape and returns ``(*input.shape,
+    embedding_dim)``; its backprop accumulates the weight gradient and returns None (no
+    gradient for integer indices). torch's ``max_norm`` and ``sparse`` are not provided.
+    """
+
+    weight: Parameter
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        *,
+        scale_grad_by_freq: bool = False,
+        rng: RNG = None,
+        dtype: str = "float32",
+        _weight: Array | None = None,
+    ):
+        super().__init__()
+        op = "Embedding"
+        n = int_option(op, "num_embeddings", num_embeddings, low=0)
+        dim = int_option(op, "embedding_dim", embedding_dim, low=0)
+        if padding_idx is not None:
+            padding_idx = int_option(op, "padding_idx", padding_idx)
+            if not -n <= padding_idx < n:
+                raise ValueError(
+                    f"{op}: argument 'padding_idx' expected None or an int in [{-n}, {n}), "
+                    f"got {padding_idx}"
+                )
+            padding_idx = padding_idx + n if padding_idx < 0 else padding_idx
+        self.num_embeddings, self.embedding_dim, self.padding_idx = n, dim, padding_idx
+        self.scale_grad_by_freq = bool_option(op, "scale_grad_by_freq", scale_grad_by_freq)
+        if _weight is None:
+            w = normal(resolve_rng(rng), (n, dim), 1.0, dtype)
+            if padding_idx is not None:
+                w[padding_idx] = 0
+        else:
+            w = _table(op, "_weight", _weight)
+            if tuple(w.shape) != (n, dim):
+                raise ValueError(
+                    f"{op}: argument '_weight' expected shape ({n}, {dim}), got shape "
+                    f"{tuple(w.shape)}"
+                )
+        self.weight = Parameter(w)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        embeddings: Array,
+        freeze: bool = True,
+        padding_idx: int | None = None,
+        *,
+        scale_grad_by_freq: bool = False,
+    ) -> Embedding:
+        """An Embedding whose table is ``embeddings`` (2-d, any library; kept as given, the
+        ``padding_idx`` row included, as torch's).
+
+        ``freeze=True`` (the default) makes the weight a frozen parameter
+        (``requires_grad=False``): the backprop adds nothing into it (its gradient is not
+        even computed) and optimizers skip it, while it stays in ``parameters()`` and
+        ``state_dict()``, as in torch. ``layer.weight.requires_grad = True`` unfreezes it.
+        """
+        op = "Embedding.from_pretrained"
+        w = _table(op, "embeddings", embeddings)
+        freeze = bool_option(op, "freeze", freeze)
+        n, dim = w.shape
+        layer = cls(n, dim, padding_idx, scale_grad_by_freq=scale_grad_by_freq, _weight=w)
+        layer.weight.requires_grad = not freeze
+        return layer
+
+    def forward(self, input: Array) -> tuple[Array, Backprop]:
+        weight = self.weight
+        y, cache = F.embedding(
+            input, weight.data, self.padding_idx, scale_grad_by_freq=self.scale_grad_by_freq
+        )
+
+        def backprop(dy: Array) -> None:
+            if weight.requires_grad:  # a frozen table: not even the (V, D) zeros
+                weight.accumulate(F.embedding_backward(dy, cache)[1])
+
+        return y, once("Embedding", backprop)
+
+    def extra_repr(self) -> str:
+        out = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.padding_idx is not None:
+            out += f", padding_idx={self.padding_idx}"
+        if self.scale_grad_by_freq:
+            out += ", scale_grad_by_freq=True"
+        return out
+
+
+def _table(op: str, name: str, w: Any) -> Array:
+    """A 2-d floating array of any library (a torch tensor recording autograd history comes
+    out detached)."""
+    if not (hasattr(w, "shape") and hasattr(w, "dtype")) or len(w.shape) != 2:
+        got = f"shape {tuple(w.shape)}" if hasattr(w, "shape") else type(w).__name__
+        raise ValueError(f"{op}: argument '{name}' expected a 2-d array, got {got}")
+    xp = get_namespace(w)
+    if not xp.isdtype(w.dtype, "real floating"):
+        raise TypeError(f"{op}: argument '{name}' expected a floating array, got dtype {w.dtype}")
+    return to_namespace(w, xp)
