@@ -3,8 +3,11 @@
 Everything under :mod:`backprop_xp.functional` and :mod:`backprop_xp.nn` works on whatever
 namespace its inputs come from (:func:`get_namespace`). This module turns backend *names*
 (``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``, ...) into namespaces, moves
-arrays between libraries (:func:`to_namespace`), and provides the few operations the Array
-API standard leaves out (random numbers).
+arrays between libraries (:func:`to_namespace`), and provides the few operations where a
+library's own kernel does what the Array API standard cannot do as fast (a duplicate-safe
+scatter-add, :func:`scatter_add_rows`). Random numbers are not among them: they come from
+the counter-based generator of :mod:`backprop_xp.functional._random`, in Array API
+arithmetic, so a seed gives the same numbers on every backend.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ __all__ = [
     "get_namespace",
     "library_name",
     "namespace",
-    "random_uniform",
     "scatter_add_rows",
     "supports_integer_setitem",
     "to_namespace",
@@ -273,39 +275,6 @@ def supports_integer_setitem(xp: ModuleType) -> bool:
     them); ops use this to pick an O(N) scatter over a full-size ``where``.
     """
     return _library_of_namespace(xp) in ("numpy", "cupy", "torch")
-
-
-def random_uniform(
-    xp: ModuleType,
-    shape: tuple[int, ...],
-    *,
-    dtype: Any,
-    device: Any = None,
-    seed: int | None = None,
-) -> Array:
-    """Uniform numbers in ``[0, 1)`` drawn by the backend's own generator (no host round trip).
-
-    The Array API has no random module, so this is one of the few library-specific helpers.
-    Libraries without a native generator (array_api_strict) draw on the host.
-    """
-    lib = _library_of_namespace(xp)
-    if lib == "torch":
-        import torch
-
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=device or "cpu").manual_seed(seed)
-        return torch.rand(shape, dtype=dtype, device=device, generator=gen)
-    if lib == "cupy":
-        import cupy
-
-        with cupy.cuda.Device(device if device is not None else cupy.cuda.Device().id):
-            return cupy.random.default_rng(seed).random(shape, dtype=dtype)
-    host = np.random.default_rng(seed).random(shape)
-    if lib == "numpy":
-        return host.astype(dtype, copy=False)
-    arr = to_namespace(host, xp, device)
-    return xp.astype(arr, dtype)
 
 
 def scatter_add_rows(xp: ModuleType, index: Array, values: Array, n_rows: int) -> Array | None:

@@ -38,6 +38,7 @@ class OpCase:
     optional: tuple[str, ...] = ()
     keyword: tuple[str, ...] = ()  # arrays passed by keyword (after the options in order)
     tuple_out: bool = False  # the forward returns a tuple; the backward takes one
+    fixed: dict[str, Any] = field(default_factory=dict)  # required options every call passes
 
 
 def _f(*shape: int) -> Callable[[np.random.Generator], np.ndarray]:
@@ -160,6 +161,12 @@ OPS: dict[str, OpCase] = {
         ("input", "weight"),
         {"padding_idx": Opt("int", 3, valid=(None,)), "scale_grad_by_freq": Opt("bool", True)},
     ),
+    "dropout": OpCase(
+        _x34,
+        ("x",),
+        {"p": Opt("real", 0.3), "training": Opt("bool", False), "seed": Opt("int", 11)},
+        fixed={"seed": 5},
+    ),
 }
 
 # Public names of F that are not ops of the table (settings, not forward/backward pairs).
@@ -188,6 +195,7 @@ def inputs(xp: Any, name: str, rng: np.random.Generator, dtype: str = "float64")
 def call(name: str, args: list[Any], **options: Any) -> tuple[Any, Any]:
     """``F.<name>`` on ``args`` (as :func:`inputs` gives them: the keyword arrays last)."""
     keyword = OPS[name].keyword
+    options = {**OPS[name].fixed, **options}
     if keyword:
         options = {**dict(zip(keyword, args[-len(keyword) :], strict=True)), **options}
         args = args[: -len(keyword)]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from ..backend import device, get_namespace, random_uniform, to_namespace
+from ..backend import get_namespace, to_namespace
 from ..functional._validation import (
     bool_option,
     check_choice,
@@ -16,7 +16,7 @@ from ..functional._validation import (
     real_option,
     torch_alias,
 )
-from .init import RNG, kaiming_uniform, normal, resolve_rng, uniform
+from .init import RNG, default_generator, kaiming_uniform, normal, resolve_rng, uniform
 from .module import Backprop, Module, OpLayer, Parameter, once
 
 __all__ = [
@@ -289,12 +289,15 @@ class GlobalAvgPool(OpLayer):
 
 
 class Dropout(Module):
-    r"""Zero each element with probability ``p`` in training, scale the rest by :math:`1/(1-p)`.
+    r"""Zero each element with probability ``p`` in training, scale the rest by :math:`1/(1-p)`
+    (``F.dropout``).
 
-    In eval mode (``.eval()``) or with ``p = 0`` it is the identity. The mask is drawn by the
-    backend's own generator (:func:`backprop_xp.backend.random_uniform`, no host round trip).
-    With ``rng=<int>`` call ``k`` uses the seed derived from ``(rng, k)``: reproducible runs,
-    a fresh mask per call; with ``rng=None`` the backend's default randomness.
+    In eval mode (``.eval()``) or with ``p = 0`` it returns its input itself, as torch's
+    layer (and :class:`Identity`) do. The masks come from ``F.dropout``'s counter-based
+    generator, so a seed gives the same masks on every backend, built on the device. With
+    ``rng=<int>`` call ``k`` uses the seed derived from ``(rng, k)``: reproducible runs, a
+    fresh mask per call; with ``rng=None`` each call draws its seed from the generator of
+    :mod:`backprop_xp.nn.init` (reseeded by ``nn.manual_seed``).
     """
 
     def __init__(self, p: float = 0.5, *, rng: int | None = None):
@@ -303,27 +306,22 @@ class Dropout(Module):
         if rng is not None and (not isinstance(rng, (int, np.integer)) or isinstance(rng, bool)):
             raise TypeError(f"Dropout: argument 'rng' expected an int seed or None, got {rng!r}")
         self.p = p
-        self._seed = rng
+        self._seed = None if rng is None else int(rng)
         self._calls = 0
+
+    def _next_seed(self) -> int:
+        if self._seed is None:
+            return int(default_generator().integers(2**64, dtype=np.uint64))
+        state = np.random.SeedSequence([self._seed, self._calls]).generate_state(1, np.uint64)
+        return int(state[0])
 
     def forward(self, x: Array) -> tuple[Array, Backprop]:
         if not self.training or self.p == 0.0:
             return x, once("Dropout", lambda dy: dy, like=x)
-        xp = get_namespace(x)
-        seed = None
-        if self._seed is not None:
-            seed = int(np.random.SeedSequence([self._seed, self._calls]).generate_state(1)[0])
+        seed = self._next_seed()
         self._calls += 1
-        u = random_uniform(xp, tuple(x.shape), dtype=x.dtype, device=device(x), seed=seed)
-        scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
-        # the kept-and-scaled mask is the whole cache: dx = dy * mask
-        mask = xp.where(u >= self.p, xp.full_like(x, scale), xp.zeros_like(x))
-
-        def backprop(dy: Array) -> Array:
-            return dy * mask
-
-        y = x * mask
-        return y, once("Dropout", backprop, like=y)
+        y, cache = F.dropout(x, self.p, seed=seed)
+        return y, once("Dropout", lambda dy: F.dropout_backward(dy, cache)[0])
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
