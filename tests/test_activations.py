@@ -163,22 +163,22 @@ def _erf_grid(dtype, n):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_erf_and_erfc_within_a_few_ulps_of_math(dtype):
-    """The Array API erf/erfc (NumPy, array-api-strict and cupy have no erf of their own)
-    against math.erf/math.erfc over a dense grid: erf within 1 ulp (2 here, math's own
-    rounding included), erfc within 4 (5) where it is a normal number."""
+    """The Array API erf/erfc (NumPy, array-api-strict and CuPy have no erf of their own)
+    against math.erf/math.erfc over a dense grid: erf within 2 ulps, erfc within 6 where it
+    is a normal number (against mpmath: 1.0 and 4.8 at most, tools/fit_erf.py)."""
     x = _erf_grid(dtype, 200_001)
     erf, erfc = erf_erfc(np, x)
     assert erf.dtype == dtype and erfc.dtype == dtype
     wide = x.astype(np.float64)
     assert _ulps(erf, [math.erf(v) for v in wide], dtype).max() <= 2
-    assert _ulps(erfc, [math.erfc(v) for v in wide], dtype).max() <= 5
+    assert _ulps(erfc, [math.erfc(v) for v in wide], dtype).max() <= 6
 
 
 def test_erf_on_every_backend(xp):
     x = _erf_grid(np.float64, 2001)
     erf, erfc = erf_erfc(xp, xp.asarray(x))
     assert _ulps(to_np(erf), [math.erf(v) for v in x], np.float64).max() <= 2
-    assert _ulps(to_np(erfc), [math.erfc(v) for v in x], np.float64).max() <= 5
+    assert _ulps(to_np(erfc), [math.erfc(v) for v in x], np.float64).max() <= 6
     # the public helpers: the namespace's own erf where it has one (torch), else ours
     np.testing.assert_allclose(to_np(_special.erf(xp, xp.asarray(x))), to_np(erf), rtol=1e-15)
     np.testing.assert_allclose(to_np(_special.erfc(xp, xp.asarray(x))), to_np(erfc), rtol=4e-15)
