@@ -18,7 +18,7 @@ from backprop_xp.testing import gradcheck
 def _reference(index, weight, g, padding_idx=None, scale=False):
     """Loops: y = W[i]; dW[r] = sum of g over the positions where i == r."""
     flat = index.reshape(-1)
-    y = np.stack([weight[i] for i in flat]).reshape((*index.shape, weight.shape[1]))
+    y = np.array([weight[i] for i in flat]).reshape((*index.shape, weight.shape[1]))
     dW = np.zeros(weight.shape, dtype=np.float64)
     counts = np.zeros(weight.shape[0])
     for i, row in zip(flat, g.reshape(-1, weight.shape[1]), strict=True):
@@ -39,6 +39,7 @@ CASES = [
     pytest.param(np.full((4, 8), 3), 6, None, True, id="every-index-the-same-scaled"),
     pytest.param((2, 3, 4), 5, -1, True, id="3d-negative-padding-scaled"),
     pytest.param((), 7, None, False, id="0d"),
+    pytest.param((0, 3), 5, 1, True, id="empty"),
 ]
 
 

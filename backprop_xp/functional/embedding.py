@@ -143,21 +143,32 @@ def _sorted_segment_sums(xp: ModuleType, index: Array, g: Array, n: int) -> tupl
     """Row sums of ``g`` grouped by ``index`` into ``(n, D)``, and each row's count, with
     no indexed write (array-api-strict has none; JAX's would need no fallback).
 
-    After a sort by index the rows of table row ``r`` are the run ``[lo_r, hi_r)`` found by
-    ``searchsorted``, and their sum is ``C[hi_r] - C[lo_r]`` for the running sum ``C``. The
-    differences cost ``ε·|C|`` each, so narrower dtypes run in float64.
+    Sorted by index, the positions of table row ``r`` are a run ``[lo_r, hi_r)``
+    (``searchsorted``), and the run's sum is ``C[hi_r] - C[lo_r]`` for the running sum ``C``
+    of the sorted rows. The sums are taken once per run, at its last position (O(N·D)), and
+    gathered into the table's rows, rows without a run reading a zero row. Each difference
+    costs ``ε·|C|``, so narrower dtypes accumulate in float64.
     """
+    m = index.shape[0]
+    dev = device(g)
     order = xp.argsort(index)
     sorted_index = xp.take(index, order)
     acc = g.dtype if xp.finfo(g.dtype).bits >= 64 else xp.float64
     running = xp.cumulative_sum(
         xp.astype(xp.take(g, order, axis=0), acc), axis=0, include_initial=True
-    )
-    rows = xp.arange(n, dtype=index.dtype, device=device(g))
+    )  # (m + 1, D)
+    # per sorted position i: the sum of its run up to i, C[i + 1] - C[start of the run]; one
+    # extra entry, C[0] - C[0], is the zero row
+    zero = xp.zeros((1,), dtype=index.dtype, device=dev)
+    upto = xp.concat([xp.arange(1, m + 1, dtype=index.dtype, device=dev), zero])
+    start = xp.concat([xp.searchsorted(sorted_index, sorted_index, side="left"), zero])
+    run_sums = xp.astype(xp.take(running, upto, axis=0) - xp.take(running, start, axis=0), g.dtype)
+    rows = xp.arange(n, dtype=index.dtype, device=dev)
     lo = xp.searchsorted(sorted_index, rows, side="left")
     hi = xp.searchsorted(sorted_index, rows, side="right")
-    sums = xp.take(running, hi, axis=0) - xp.take(running, lo, axis=0)
-    return xp.astype(sums, g.dtype), hi - lo
+    counts = hi - lo
+    last = xp.where(counts > 0, hi - 1, xp.full_like(hi, m))  # a run's end, or the zero row
+    return xp.take(run_sums, last, axis=0), counts
 
 
 @backward_op(EmbeddingCache)
