@@ -36,7 +36,8 @@ def _flag(who: str, enabled: object) -> bool:
 
 def set_index_checks(enabled: bool) -> None:
     """Turn the class-index range check of the losses (and the ``lengths`` check of the
-    recurrent ops) on or off in the current thread or task; on by default.
+    recurrent ops, and the index check of ``embedding``) on or off in the current thread or
+    task; on by default.
 
     The check costs one device-to-host synchronization per call; switch it off in tight GPU
     loops once the data pipeline is trusted. Out-of-range indices then give undefined values.

@@ -3,8 +3,11 @@
 Everything under :mod:`backprop_xp.functional` and :mod:`backprop_xp.nn` works on whatever
 namespace its inputs come from (:func:`get_namespace`). This module turns backend *names*
 (``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``, ...) into namespaces, moves
-arrays between libraries (:func:`to_namespace`), and provides the few operations the Array
-API standard leaves out (random numbers).
+arrays between libraries (:func:`to_namespace`), and provides the few operations where a
+library's own kernel does what the Array API standard cannot do as fast (a duplicate-safe
+scatter-add, :func:`scatter_add_rows`). Random numbers are not among them: they come from
+the counter-based generator of :mod:`backprop_xp.functional._random`, in Array API
+arithmetic, so a seed gives the same numbers on every backend.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ __all__ = [
     "get_namespace",
     "library_name",
     "namespace",
-    "random_uniform",
+    "scatter_add_rows",
     "supports_integer_setitem",
     "to_namespace",
     "to_numpy",
@@ -288,34 +291,54 @@ def supports_integer_setitem(xp: ModuleType) -> bool:
     return _library_of_namespace(xp) in ("numpy", "cupy", "torch")
 
 
-def random_uniform(
-    xp: ModuleType,
-    shape: tuple[int, ...],
-    *,
-    dtype: Any,
-    device: Any = None,
-    seed: int | None = None,
-) -> Array:
-    """Uniform numbers in ``[0, 1)`` drawn by the backend's own generator (no host round trip).
+def scatter_add_rows(xp: ModuleType, index: Array, values: Array, n_rows: int) -> Array | None:
+    """``(n_rows, D)`` zeros plus ``values[i]`` added into row ``index[i]`` for every ``i``,
+    repeated indices accumulating, by the library's own scatter-add (NumPy, torch; CuPy for
+    float32 and float64); None for other libraries and dtypes, where the caller uses a
+    portable algorithm.
 
-    The Array API has no random module, so this is one of the few library-specific helpers.
-    Libraries without a native generator (array_api_strict) draw on the host.
+    ``array_api_extra.at(x, idx).add(v)`` is no such thing: outside JAX it runs
+    ``x[idx] = x[idx] + v``, which keeps one of the values of a repeated index and drops the
+    rest.
+
+    ``index``: 1-d int32 or int64 in ``[0, n_rows)`` (not checked here); ``values``:
+    ``(len(index), D)``. Work and memory are O(len(index) * D) plus the output.
     """
     lib = _library_of_namespace(xp)
+    width = values.shape[1]
+    if lib == "numpy":
+        return _numpy_scatter_add_rows(index, values, n_rows)
     if lib == "torch":
         import torch
 
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=device or "cpu").manual_seed(seed)
-        return torch.rand(shape, dtype=dtype, device=device, generator=gen)
-    if lib == "cupy":
+        out = torch.zeros((n_rows, width), dtype=values.dtype, device=values.device)
+        return out.index_add_(0, index, values)
+    if lib == "cupy" and values.dtype.kind == "f" and values.dtype.itemsize >= 4:
         import cupy
+        import cupyx
 
-        with cupy.cuda.Device(device if device is not None else cupy.cuda.Device().id):
-            return cupy.random.default_rng(seed).random(shape, dtype=dtype)
-    host = np.random.default_rng(seed).random(shape)
-    if lib == "numpy":
-        return host.astype(dtype, copy=False)
-    arr = to_namespace(host, xp, device)
-    return xp.astype(arr, dtype)
+        with values.device:
+            out = cupy.zeros((n_rows, width), dtype=values.dtype)
+            cupyx.scatter_add(out, index, values)  # atomic adds: duplicates accumulate
+        return out
+    return None
+
+
+def _numpy_scatter_add_rows(index: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
+    # np.add.at on rows is slow (a 2-d inner loop per index); on a 1-d array it has a fast
+    # path. One position of each distinct index is written by plain assignment (the targets
+    # are then unique) and only the others go through add.at, on the flattened array.
+    n, width = values.shape
+    out = np.zeros((n_rows, width), dtype=values.dtype)
+    if n == 0 or width == 0:
+        return out
+    position = np.arange(n)
+    owner = np.empty(n_rows, dtype=np.intp)
+    owner[index] = position  # for a repeated index one of its positions is left here
+    first = owner[index] == position
+    out[index[first]] = values[first]
+    rest = ~first
+    if rest.any():
+        flat = (index[rest].astype(np.intp)[:, None] * width + np.arange(width)).reshape(-1)
+        np.add.at(out.reshape(-1), flat, values[rest].reshape(-1))
+    return out

@@ -38,6 +38,7 @@ class OpCase:
     optional: tuple[str, ...] = ()
     keyword: tuple[str, ...] = ()  # arrays passed by keyword (after the options in order)
     tuple_out: bool = False  # the forward returns a tuple; the backward takes one
+    fixed: dict[str, Any] = field(default_factory=dict)  # required options every call passes
 
 
 def _f(*shape: int) -> Callable[[np.random.Generator], np.ndarray]:
@@ -149,6 +150,23 @@ OPS: dict[str, OpCase] = {
         optional=("b_ih", "b_hh"),
         tuple_out=True,
     ),
+    "gelu": OpCase(_x34, ("x",), {"approximate": Opt("choice", "tanh")}),
+    "silu": OpCase(_x34, ("x",)),
+    "mish": OpCase(_x34, ("x",)),
+    "hardtanh": OpCase(_x34, ("x",), {"min_val": Opt("real", -0.5), "max_val": Opt("real", 2.0)}),
+    "logsigmoid": OpCase(_x34, ("x",)),
+    "softsign": OpCase(_x34, ("x",)),
+    "embedding": OpCase(
+        _build(lambda r: np.array([[0, 3, 3], [1, 0, 4]]), _f(5, 3)),
+        ("input", "weight"),
+        {"padding_idx": Opt("int", 3, valid=(None,)), "scale_grad_by_freq": Opt("bool", True)},
+    ),
+    "dropout": OpCase(
+        _x34,
+        ("x",),
+        {"p": Opt("real", 0.3), "training": Opt("bool", False), "seed": Opt("int", 11)},
+        fixed={"seed": 5},
+    ),
 }
 
 # Public names of F that are not ops of the table (settings, not forward/backward pairs).
@@ -177,6 +195,7 @@ def inputs(xp: Any, name: str, rng: np.random.Generator, dtype: str = "float64")
 def call(name: str, args: list[Any], **options: Any) -> tuple[Any, Any]:
     """``F.<name>`` on ``args`` (as :func:`inputs` gives them: the keyword arrays last)."""
     keyword = OPS[name].keyword
+    options = {**OPS[name].fixed, **options}
     if keyword:
         options = {**dict(zip(keyword, args[-len(keyword) :], strict=True)), **options}
         args = args[: -len(keyword)]

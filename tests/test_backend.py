@@ -83,14 +83,30 @@ def test_to_namespace_read_only_input_is_copied_for_torch():
     assert isinstance(t, torch.Tensor)
 
 
-@pytest.mark.parametrize("name", ["numpy", "array_api_strict", "torch"])
-def test_random_uniform_is_seeded_and_in_range(name):
+@pytest.mark.parametrize("name", ["numpy", "torch"])
+@pytest.mark.parametrize("kind", ["distinct", "repeated", "all the same", "empty"])
+def test_scatter_add_rows_accumulates_repeated_indices(name, kind):
+    """``x[idx] += v`` keeps one value per repeated index; the scatter-add adds them all."""
     if name == "torch":
         pytest.importorskip("torch")
     xp = B.namespace(name)
-    a = B.random_uniform(xp, (1000,), dtype=xp.float32, seed=3)
-    b = B.random_uniform(xp, (1000,), dtype=xp.float32, seed=3)
-    a_np, b_np = B.to_numpy(a), B.to_numpy(b)
-    assert a_np.dtype == np.float32 and B.library_name(a) == name
-    np.testing.assert_array_equal(a_np, b_np)
-    assert 0.0 <= a_np.min() and a_np.max() < 1.0 and 0.4 < a_np.mean() < 0.6
+    rng = np.random.default_rng(0)
+    n = {"distinct": 6, "repeated": 40, "all the same": 40, "empty": 0}[kind]
+    index = {
+        "distinct": rng.permutation(9)[:6],
+        "repeated": rng.integers(0, 9, n),
+        "all the same": np.full(n, 4),
+        "empty": np.zeros(0, dtype=np.int64),
+    }[kind]
+    values = rng.standard_normal((n, 3)).astype(np.float32)
+    expected = np.zeros((9, 3), dtype=np.float64)
+    for i, v in zip(index, values, strict=True):
+        expected[i] += v
+    got = B.scatter_add_rows(xp, xp.asarray(index), xp.asarray(values), 9)
+    assert got is not None and B.library_name(got) == name and got.dtype == xp.float32
+    np.testing.assert_allclose(B.to_numpy(got), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_scatter_add_rows_is_none_without_a_native_scatter_add():
+    xp = B.namespace("array_api_strict")
+    assert B.scatter_add_rows(xp, xp.asarray([0, 0]), xp.ones((2, 3)), 4) is None

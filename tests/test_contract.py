@@ -124,6 +124,7 @@ def test_array_arguments_must_be_arrays(xp, rng, op, arg):
 
 
 ELEMENTWISE = ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus", "softmax"]
+ELEMENTWISE += ["gelu", "silu", "mish", "hardtanh", "logsigmoid", "softsign"]
 
 
 def _is_0d_array(a: Any) -> bool:

@@ -13,6 +13,10 @@ from .activations import *  # noqa: F403
 from .activations import __all__ as _activations_all
 from .conv import *  # noqa: F403
 from .conv import __all__ as _conv_all
+from .dropout import *  # noqa: F403
+from .dropout import __all__ as _dropout_all
+from .embedding import *  # noqa: F403
+from .embedding import __all__ as _embedding_all
 from .linear import *  # noqa: F403
 from .linear import __all__ as _linear_all
 from .losses import *  # noqa: F403
@@ -27,6 +31,8 @@ from .softmax import __all__ as _softmax_all
 __all__ = [
     *_activations_all,
     *_conv_all,
+    *_dropout_all,
+    *_embedding_all,
     *_linear_all,
     *_losses_all,
     *_pooling_all,

@@ -1,11 +1,18 @@
-"""Elementwise activations. Each keeps exactly what its derivative needs."""
+"""Elementwise activations. Each keeps exactly what its derivative needs.
+
+GELU's normal CDF uses the error function of :mod:`._special` (the namespace's own ``erfc``
+where it has one).
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
+from ._special import erfc
 from ._validation import (
     backward_op,
+    check_choice,
     check_floating,
     cotangent_namespace,
     forward_op,
@@ -16,14 +23,26 @@ from ._validation import (
 __all__ = [
     "elu",
     "elu_backward",
+    "gelu",
+    "gelu_backward",
+    "hardtanh",
+    "hardtanh_backward",
     "leaky_relu",
     "leaky_relu_backward",
+    "logsigmoid",
+    "logsigmoid_backward",
+    "mish",
+    "mish_backward",
     "relu",
     "relu_backward",
     "sigmoid",
     "sigmoid_backward",
+    "silu",
+    "silu_backward",
     "softplus",
     "softplus_backward",
+    "softsign",
+    "softsign_backward",
     "tanh",
     "tanh_backward",
 ]
@@ -189,3 +208,214 @@ def softplus_backward(dy: Array, cache: SoftplusCache, /) -> tuple[Array]:
     xp, dy = cotangent_namespace("softplus_backward", dy, x, x.shape, x.dtype)
     bx = beta * x
     return (xp.where(bx > threshold, dy, dy * stable_sigmoid(xp, bx)),)
+
+
+_SQRT1_2 = math.sqrt(0.5)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+_GELU_BETA = math.sqrt(2 / math.pi)  # sqrt(2/pi), torch's kBeta
+_GELU_KAPPA = 0.044715
+
+
+class GeluCache(NamedTuple):
+    x: Array
+    cdf: Array  # Φ(x), or its tanh approximation s = (1 + tanh u)/2
+    e: Array | None  # approximate="tanh": exp(-2|u|), u = β(x + κx³)
+
+
+@forward_op
+def gelu(x: Array, /, approximate: str = "none") -> tuple[Array, GeluCache]:
+    r"""Gaussian error linear unit :math:`x\,\Phi(x)`, as ``torch.nn.functional.gelu``.
+
+    - ``approximate="none"``: :math:`\Phi(x) = \tfrac12 \mathrm{erfc}(-x/\sqrt2)`, the
+      standard normal CDF (erfc rather than torch's :math:`\tfrac12(1 + \mathrm{erf})`: the
+      same numbers, but no cancellation for negative :math:`x`);
+    - ``approximate="tanh"``: :math:`\tfrac12 x (1 + \tanh u)`, :math:`u = \beta (x +
+      \kappa x^3)`, :math:`\beta = \sqrt{2/\pi}`, :math:`\kappa = 0.044715`, evaluated as
+      :math:`x\,\sigma(2u)` (:math:`1 + \tanh u = 2\sigma(2u)`), which does not cancel for
+      negative :math:`x` as :math:`1 + \tanh u` does (torch's float32 kernel loses all
+      digits there by :math:`x \approx -5`).
+
+    Parameters
+    ----------
+    x : array, any shape, real floating
+    approximate : {"none", "tanh"}
+
+    Returns
+    -------
+    y : array, shape and dtype of ``x``
+    cache : GeluCache
+
+    Notes
+    -----
+    Backward: :math:`g\,(\Phi(x) + x\,\varphi(x))` with :math:`\varphi(x) = e^{-x^2/2} /
+    \sqrt{2\pi}`; for ``"tanh"``, with :math:`s = \sigma(2u)`,
+    :math:`g\,(s + \tfrac12 x (1 - \tanh^2 u)\, u')`, :math:`u' = \beta (1 + 3\kappa
+    x^2)`, where :math:`1 - \tanh^2 u = 4 s (1 - s) = 4 e / (1 + e)^2` with :math:`e =
+    e^{-2|u|}` (again without cancellation). The forward's :math:`\Phi` (or :math:`s` and
+    :math:`e`) is cached with ``x``, so the backward does not evaluate erfc again. As torch
+    in float64, :math:`\mathrm{gelu}(+\infty) = +\infty` and :math:`\mathrm{gelu}(-\infty)`
+    is NaN (:math:`-\infty \cdot 0`), and the gradient at :math:`\pm\infty` is NaN (torch's
+    float32 kernel also gives NaN at :math:`+\infty`).
+    """
+    xp, x = _ns("gelu", x)
+    check_choice("gelu", "approximate", approximate, ("none", "tanh"))
+    if approximate == "tanh":
+        u = _GELU_BETA * (x + _GELU_KAPPA * (x * x * x))  # the sign of x
+        e = xp.exp(-2 * xp.abs(u))
+        s = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))  # σ(2u) = (1 + tanh u)/2
+        return x * s, GeluCache(x, s, e)
+    cdf = 0.5 * erfc(xp, x * -_SQRT1_2)
+    return x * cdf, GeluCache(x, cdf, None)
+
+
+@backward_op(GeluCache)
+def gelu_backward(dy: Array, cache: GeluCache, /) -> tuple[Array]:
+    x, cdf, e = cache
+    xp, dy = cotangent_namespace("gelu_backward", dy, x, x.shape, x.dtype)
+    if e is not None:
+        du = _GELU_BETA * (1 + 3 * _GELU_KAPPA * (x * x))
+        return (dy * (cdf + 2 * x * (e / ((1 + e) * (1 + e))) * du),)  # ½x·4e/(1+e)²·u'
+    pdf = _INV_SQRT_2PI * xp.exp(-0.5 * (x * x))
+    return (dy * (cdf + x * pdf),)
+
+
+class SiluCache(NamedTuple):
+    x: Array
+    s: Array  # σ(x)
+
+
+@forward_op
+def silu(x: Array, /) -> tuple[Array, SiluCache]:
+    r"""Sigmoid linear unit (swish) :math:`x\,\sigma(x)`.
+
+    Notes
+    -----
+    Backward: :math:`g\,\sigma(x)\,(1 + x (1 - \sigma(x)))`. At :math:`-\infty` the output
+    is NaN (:math:`-\infty \cdot 0`) and at :math:`\pm\infty` the gradient is, as torch's.
+    """
+    xp, x = _ns("silu", x)
+    s = stable_sigmoid(xp, x)
+    return x * s, SiluCache(x, s)
+
+
+@backward_op(SiluCache)
+def silu_backward(dy: Array, cache: SiluCache, /) -> tuple[Array]:
+    x, s = cache
+    _, dy = cotangent_namespace("silu_backward", dy, x, x.shape, x.dtype)
+    return (dy * s * (1 + x * (1 - s)),)
+
+
+class MishCache(NamedTuple):
+    x: Array
+    t: Array  # tanh(softplus(x))
+
+
+@forward_op
+def mish(x: Array, /) -> tuple[Array, MishCache]:
+    r""":math:`x \tanh(\mathrm{softplus}(x))`, with the overflow-free softplus
+    :math:`\max(x, 0) + \log(1 + e^{-|x|})`.
+
+    Notes
+    -----
+    With :math:`t = \tanh(\mathrm{softplus}(x))` and :math:`\mathrm{softplus}' = \sigma`,
+    backward: :math:`g\,(t + x\,\sigma(x)\,(1 - t^2))`; NaN at :math:`\pm\infty`, as torch's.
+    """
+    xp, x = _ns("mish", x)
+    t = xp.tanh(stable_softplus(xp, x))
+    return x * t, MishCache(x, t)
+
+
+@backward_op(MishCache)
+def mish_backward(dy: Array, cache: MishCache, /) -> tuple[Array]:
+    x, t = cache
+    xp, dy = cotangent_namespace("mish_backward", dy, x, x.shape, x.dtype)
+    return (dy * (t + x * stable_sigmoid(xp, x) * (1 - t * t)),)
+
+
+class HardtanhCache(NamedTuple):
+    mask: Array  # min_val < x < max_val
+    dtype: Any  # the output's
+
+
+@forward_op
+def hardtanh(
+    x: Array, /, min_val: float = -1.0, max_val: float = 1.0
+) -> tuple[Array, HardtanhCache]:
+    r""":math:`\min(\max(x, a), b)` with :math:`a` = ``min_val``, :math:`b` = ``max_val``
+    (:math:`a \le b`, as torch's check); NaN stays NaN.
+
+    Notes
+    -----
+    Backward: :math:`g\,[a < x < b]`: zero at exactly ``min_val`` and ``max_val`` and at NaN,
+    as torch's ``hardtanh_backward``.
+    """
+    op = "hardtanh"
+    xp, x = _ns(op, x)
+    min_val = real_option(op, "min_val", min_val)
+    max_val = real_option(op, "max_val", max_val)
+    if min_val > max_val:
+        raise ValueError(
+            f"{op}: argument 'max_val' expected a value >= min_val={min_val:g}, got {max_val!r}"
+        )
+    mask = (x > min_val) & (x < max_val)
+    return xp.clip(x, min_val, max_val), HardtanhCache(mask, x.dtype)
+
+
+@backward_op(HardtanhCache)
+def hardtanh_backward(dy: Array, cache: HardtanhCache, /) -> tuple[Array]:
+    xp, dy = cotangent_namespace("hardtanh_backward", dy, cache.mask, cache.mask.shape, cache.dtype)
+    return (xp.where(cache.mask, dy, xp.zeros_like(dy)),)
+
+
+class LogsigmoidCache(NamedTuple):
+    y: Array
+
+
+@forward_op
+def logsigmoid(x: Array, /) -> tuple[Array, LogsigmoidCache]:
+    r""":math:`\log\sigma(x) = -\mathrm{softplus}(-x) = \min(x, 0) - \log(1 + e^{-|x|})`,
+    which neither overflows nor loses the tiny :math:`-e^{-x}` of large :math:`x`.
+
+    Notes
+    -----
+    Backward: :math:`g\,\sigma(-x) = g\,(1 - e^{y}) = -g\,\mathrm{expm1}(y)`, from the cached
+    output (exact in relative terms at both ends: :math:`e^{-x}` for large :math:`x`,
+    :math:`1` for very negative :math:`x`).
+    """
+    xp, x = _ns("logsigmoid", x)
+    y = xp.where(x < 0, x, xp.zeros_like(x)) - xp.log1p(xp.exp(-xp.abs(x)))
+    return y, LogsigmoidCache(y)
+
+
+@backward_op(LogsigmoidCache)
+def logsigmoid_backward(dy: Array, cache: LogsigmoidCache, /) -> tuple[Array]:
+    y = cache.y
+    xp, dy = cotangent_namespace("logsigmoid_backward", dy, y, y.shape, y.dtype)
+    return (-dy * xp.expm1(y),)
+
+
+class SoftsignCache(NamedTuple):
+    x: Array
+
+
+@forward_op
+def softsign(x: Array, /) -> tuple[Array, SoftsignCache]:
+    r""":math:`x / (1 + |x|)`; NaN at :math:`\pm\infty` (:math:`\infty/\infty`), as torch's.
+
+    Notes
+    -----
+    Backward: :math:`g / (1 + |x|)^2`, computed as it stands (torch's autograd evaluates the
+    unsimplified quotient rule, whose cancellation costs it digits for large :math:`|x|`);
+    NaN at :math:`\pm\infty`, as torch's.
+    """
+    xp, x = _ns("softsign", x)
+    return x / (1 + xp.abs(x)), SoftsignCache(x)
+
+
+@backward_op(SoftsignCache)
+def softsign_backward(dy: Array, cache: SoftsignCache, /) -> tuple[Array]:
+    x = cache.x
+    xp, dy = cotangent_namespace("softsign_backward", dy, x, x.shape, x.dtype)
+    s = 1 + xp.abs(x)
+    dx = dy / (s * s)
+    return (xp.where(xp.isinf(x), xp.full_like(dx, math.nan), dx),)

@@ -23,7 +23,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RNG", "default_generator", "kaiming_uniform", "manual_seed", "resolve_rng", "uniform"]
+__all__ = [
+    "RNG",
+    "default_generator",
+    "kaiming_uniform",
+    "manual_seed",
+    "normal",
+    "resolve_rng",
+    "uniform",
+]
 
 RNG = int | np.random.Generator | None
 
@@ -56,6 +64,14 @@ def uniform(
 ) -> np.ndarray:
     """Host array ``U(-bound, bound)`` of ``shape``, drawn in float64 then cast to ``dtype``."""
     return gen.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def normal(
+    gen: np.random.Generator, shape: tuple[int, ...], std: float = 1.0, dtype: Any = "float32"
+) -> np.ndarray:
+    """Host array ``N(0, std^2)`` of ``shape``, drawn in float64 then cast to ``dtype``
+    (torch's ``normal_``, the initialization of ``nn.Embedding``)."""
+    return (std * gen.standard_normal(size=shape)).astype(dtype)
 
 
 def kaiming_uniform(

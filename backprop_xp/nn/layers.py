@@ -1,4 +1,4 @@
-"""Linear, Flatten, Dropout and the elementwise activation layers."""
+"""Linear, Embedding, Flatten, Dropout and the elementwise activation layers."""
 
 from __future__ import annotations
 
@@ -8,22 +8,35 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from ..backend import device, get_namespace, random_uniform
-from ..functional._validation import bool_option, int_option, real_option, torch_alias
-from .init import RNG, kaiming_uniform, resolve_rng, uniform
+from ..backend import get_namespace, to_namespace
+from ..functional._validation import (
+    bool_option,
+    check_choice,
+    int_option,
+    real_option,
+    torch_alias,
+)
+from .init import RNG, default_generator, kaiming_uniform, normal, resolve_rng, uniform
 from .module import Backprop, Module, OpLayer, Parameter, once
 
 __all__ = [
     "ELU",
+    "GELU",
     "Dropout",
+    "Embedding",
     "Flatten",
     "GlobalAvgPool",
+    "Hardtanh",
     "Identity",
     "LeakyReLU",
     "Linear",
+    "LogSigmoid",
+    "Mish",
     "ReLU",
+    "SiLU",
     "Sigmoid",
     "Softplus",
+    "Softsign",
     "Tanh",
 ]
 
@@ -171,6 +184,70 @@ class Softplus(OpLayer):
         return f"beta={self.beta}, threshold={self.threshold}"
 
 
+class GELU(OpLayer):
+    """``F.gelu(x, approximate)``: ``"none"`` (the exact normal CDF) or ``"tanh"``."""
+
+    _op = "gelu"
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        check_choice("GELU", "approximate", approximate, ("none", "tanh"))
+        self.approximate = approximate
+
+    def _options(self) -> dict[str, Any]:
+        return {"approximate": self.approximate}
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class SiLU(OpLayer):
+    r"""``F.silu``: :math:`x\,\sigma(x)`."""
+
+    _op = "silu"
+
+
+class Mish(OpLayer):
+    r"""``F.mish``: :math:`x \tanh(\mathrm{softplus}(x))`."""
+
+    _op = "mish"
+
+
+class Hardtanh(OpLayer):
+    """``F.hardtanh(x, min_val, max_val)``; as torch's layer, ``max_val`` must exceed
+    ``min_val`` (the functional op also takes them equal)."""
+
+    _op = "hardtanh"
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0):
+        super().__init__()
+        self.min_val = real_option("Hardtanh", "min_val", min_val)
+        self.max_val = real_option("Hardtanh", "max_val", max_val)
+        if not self.max_val > self.min_val:
+            raise ValueError(
+                f"Hardtanh: argument 'max_val' expected a value > min_val={self.min_val:g}, "
+                f"got {max_val!r}"
+            )
+
+    def _options(self) -> dict[str, Any]:
+        return {"min_val": self.min_val, "max_val": self.max_val}
+
+    def extra_repr(self) -> str:
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+
+class LogSigmoid(OpLayer):
+    r"""``F.logsigmoid``: :math:`\log \sigma(x)`."""
+
+    _op = "logsigmoid"
+
+
+class Softsign(OpLayer):
+    """``F.softsign``: :math:`x / (1 + |x|)`."""
+
+    _op = "softsign"
+
+
 class Identity(Module):
     """Returns its input; the backprop returns its gradient."""
 
@@ -212,12 +289,15 @@ class GlobalAvgPool(OpLayer):
 
 
 class Dropout(Module):
-    r"""Zero each element with probability ``p`` in training, scale the rest by :math:`1/(1-p)`.
+    r"""Zero each element with probability ``p`` in training, scale the rest by :math:`1/(1-p)`
+    (``F.dropout``).
 
-    In eval mode (``.eval()``) or with ``p = 0`` it is the identity. The mask is drawn by the
-    backend's own generator (:func:`backprop_xp.backend.random_uniform`, no host round trip).
-    With ``rng=<int>`` call ``k`` uses the seed derived from ``(rng, k)``: reproducible runs,
-    a fresh mask per call; with ``rng=None`` the backend's default randomness.
+    In eval mode (``.eval()``) or with ``p = 0`` it returns its input itself, as torch's
+    layer (and :class:`Identity`) do. The masks come from ``F.dropout``'s counter-based
+    generator, so a seed gives the same masks on every backend, built on the device. With
+    ``rng=<int>`` call ``k`` uses the seed derived from ``(rng, k)``: reproducible runs, a
+    fresh mask per call; with ``rng=None`` each call draws its seed from the generator of
+    :mod:`backprop_xp.nn.init` (reseeded by ``nn.manual_seed``).
     """
 
     def __init__(self, p: float = 0.5, *, rng: int | None = None):
@@ -226,27 +306,150 @@ class Dropout(Module):
         if rng is not None and (not isinstance(rng, (int, np.integer)) or isinstance(rng, bool)):
             raise TypeError(f"Dropout: argument 'rng' expected an int seed or None, got {rng!r}")
         self.p = p
-        self._seed = rng
+        self._seed = None if rng is None else int(rng)
         self._calls = 0
+
+    def _next_seed(self) -> int:
+        if self._seed is None:
+            return int(default_generator().integers(2**64, dtype=np.uint64))
+        state = np.random.SeedSequence([self._seed, self._calls]).generate_state(1, np.uint64)
+        return int(state[0])
 
     def forward(self, x: Array) -> tuple[Array, Backprop]:
         if not self.training or self.p == 0.0:
             return x, once("Dropout", lambda dy: dy, like=x)
-        xp = get_namespace(x)
-        seed = None
-        if self._seed is not None:
-            seed = int(np.random.SeedSequence([self._seed, self._calls]).generate_state(1)[0])
+        seed = self._next_seed()
         self._calls += 1
-        u = random_uniform(xp, tuple(x.shape), dtype=x.dtype, device=device(x), seed=seed)
-        scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
-        # the kept-and-scaled mask is the whole cache: dx = dy * mask
-        mask = xp.where(u >= self.p, xp.full_like(x, scale), xp.zeros_like(x))
-
-        def backprop(dy: Array) -> Array:
-            return dy * mask
-
-        y = x * mask
-        return y, once("Dropout", backprop, like=y)
+        y, cache = F.dropout(x, self.p, seed=seed)
+        return y, once("Dropout", lambda dy: F.dropout_backward(dy, cache)[0])
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class Embedding(Module):
+    r"""A lookup table of ``num_embeddings`` vectors of size ``embedding_dim`` (``F.embedding``),
+    torch's ``nn.Embedding``.
+
+    Parameters
+    ----------
+    num_embeddings, embedding_dim : int
+    padding_idx : int, optional
+        Its row starts at zero and gets no gradient; negative values count from the end
+        (stored normalized, as torch's).
+    scale_grad_by_freq : bool
+        Divide each row's gradient by its index's count in the batch.
+    rng : int, numpy.random.Generator or None
+        Seed of the initial weights (see :mod:`backprop_xp.nn.init`).
+    dtype : str
+        Parameter dtype, ``"float32"`` (default) or ``"float64"``.
+    _weight : array, optional
+        The table itself, shape ``(num_embeddings, embedding_dim)`` (as torch's, kept as
+        given and not zeroed at ``padding_idx``); no weights are drawn then.
+
+    Attributes
+    ----------
+    weight : Parameter, shape (num_embeddings, embedding_dim)
+        Initialized :math:`N(0, 1)` (torch's ``normal_``), the ``padding_idx`` row zero.
+
+    The forward takes an integer array of any shape and returns ``(*input.shape,
+    embedding_dim)``; its backprop accumulates the weight gradient and returns None (no
+    gradient for integer indices). torch's ``max_norm`` and ``sparse`` are not provided.
+    """
+
+    weight: Parameter
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        *,
+        scale_grad_by_freq: bool = False,
+        rng: RNG = None,
+        dtype: str = "float32",
+        _weight: Array | None = None,
+    ):
+        super().__init__()
+        op = "Embedding"
+        n = int_option(op, "num_embeddings", num_embeddings, low=0)
+        dim = int_option(op, "embedding_dim", embedding_dim, low=0)
+        if padding_idx is not None:
+            padding_idx = int_option(op, "padding_idx", padding_idx)
+            if not -n <= padding_idx < n:
+                raise ValueError(
+                    f"{op}: argument 'padding_idx' expected None or an int in [{-n}, {n}), "
+                    f"got {padding_idx}"
+                )
+            padding_idx = padding_idx + n if padding_idx < 0 else padding_idx
+        self.num_embeddings, self.embedding_dim, self.padding_idx = n, dim, padding_idx
+        self.scale_grad_by_freq = bool_option(op, "scale_grad_by_freq", scale_grad_by_freq)
+        if _weight is None:
+            w = normal(resolve_rng(rng), (n, dim), 1.0, dtype)
+            if padding_idx is not None:
+                w[padding_idx] = 0
+        else:
+            w = _table(op, "_weight", _weight)
+            if tuple(w.shape) != (n, dim):
+                raise ValueError(
+                    f"{op}: argument '_weight' expected shape ({n}, {dim}), got shape "
+                    f"{tuple(w.shape)}"
+                )
+        self.weight = Parameter(w)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        embeddings: Array,
+        freeze: bool = True,
+        padding_idx: int | None = None,
+        *,
+        scale_grad_by_freq: bool = False,
+    ) -> Embedding:
+        """An Embedding whose table is ``embeddings`` (2-d, any library; kept as given, the
+        ``padding_idx`` row included, as torch's).
+
+        ``freeze=True`` (the default) makes the weight a frozen parameter
+        (``requires_grad=False``): the backprop adds nothing into it (its gradient is not
+        even computed) and optimizers skip it, while it stays in ``parameters()`` and
+        ``state_dict()``, as in torch. ``layer.weight.requires_grad = True`` unfreezes it.
+        """
+        op = "Embedding.from_pretrained"
+        w = _table(op, "embeddings", embeddings)
+        freeze = bool_option(op, "freeze", freeze)
+        n, dim = w.shape
+        layer = cls(n, dim, padding_idx, scale_grad_by_freq=scale_grad_by_freq, _weight=w)
+        layer.weight.requires_grad = not freeze
+        return layer
+
+    def forward(self, input: Array) -> tuple[Array, Backprop]:
+        weight = self.weight
+        y, cache = F.embedding(
+            input, weight.data, self.padding_idx, scale_grad_by_freq=self.scale_grad_by_freq
+        )
+
+        def backprop(dy: Array) -> None:
+            if weight.requires_grad:  # a frozen table: not even the (V, D) zeros
+                weight.accumulate(F.embedding_backward(dy, cache)[1])
+
+        return y, once("Embedding", backprop)
+
+    def extra_repr(self) -> str:
+        out = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.padding_idx is not None:
+            out += f", padding_idx={self.padding_idx}"
+        if self.scale_grad_by_freq:
+            out += ", scale_grad_by_freq=True"
+        return out
+
+
+def _table(op: str, name: str, w: Any) -> Array:
+    """A 2-d floating array of any library (a torch tensor recording autograd history comes
+    out detached)."""
+    if not (hasattr(w, "shape") and hasattr(w, "dtype")) or len(w.shape) != 2:
+        got = f"shape {tuple(w.shape)}" if hasattr(w, "shape") else type(w).__name__
+        raise ValueError(f"{op}: argument '{name}' expected a 2-d array, got {got}")
+    xp = get_namespace(w)
+    if not xp.isdtype(w.dtype, "real floating"):
+        raise TypeError(f"{op}: argument '{name}' expected a floating array, got dtype {w.dtype}")
+    return to_namespace(w, xp)

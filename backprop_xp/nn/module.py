@@ -41,13 +41,19 @@ class Parameter:
         so immutable arrays work too.
     grad : array or None
         Sum of the gradients of every backprop run since the last ``zero_grad()``.
+    requires_grad : bool
+        ``False`` freezes the parameter, as torch's flag: :meth:`accumulate` ignores its
+        gradients, so ``grad`` stays None and optimizers (which skip parameters without a
+        gradient) leave it alone; it stays in ``parameters()`` and ``state_dict()``
+        (``Embedding.from_pretrained(..., freeze=True)`` sets it).
     """
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "requires_grad")
 
-    def __init__(self, data: Array):
+    def __init__(self, data: Array, requires_grad: bool = True):
         self.data = data
         self.grad: Any = None  # an array or None
+        self.requires_grad = bool(requires_grad)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -58,8 +64,9 @@ class Parameter:
         return self.data.dtype
 
     def accumulate(self, g: Array | None) -> None:
-        """Add ``g`` into ``.grad`` (rebinding, so it works on immutable arrays)."""
-        if g is None:
+        """Add ``g`` into ``.grad`` (rebinding, so it works on immutable arrays); nothing for
+        a frozen parameter (``requires_grad=False``)."""
+        if g is None or not self.requires_grad:
             return
         if library_name(g) != library_name(self.data):
             raise RuntimeError(
@@ -79,7 +86,9 @@ class Parameter:
         self.grad = g if self.grad is None else self.grad + g
 
     def __repr__(self) -> str:
-        return f"Parameter(shape={self.shape}, dtype={self.dtype}, lib={library_name(self.data)})"
+        frozen = "" if self.requires_grad else ", requires_grad=False"
+        lib = library_name(self.data)
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}, lib={lib}{frozen})"
 
 
 class IncompatibleKeys(NamedTuple):
