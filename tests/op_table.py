@@ -149,6 +149,19 @@ OPS: dict[str, OpCase] = {
         optional=("b_ih", "b_hh"),
         tuple_out=True,
     ),
+    "scaled_dot_product_attention": OpCase(
+        _build(_f(2, 3, 4), _f(2, 5, 4), _f(2, 5, 6), _f(3, 5)),
+        ("query", "key", "value", "attn_mask"),
+        {
+            # dropout_p > 0 draws a fresh mask per call unless seeded; its dtype rule is tested
+            # in test_attention.py with a seed
+            "dropout_p": Opt("real", 0.0),
+            "is_causal": Opt("bool", False),
+            "scale": Opt("real", 0.5, valid=(None,)),
+            "seed": Opt("int", 3, valid=(None,)),
+        },
+        optional=("attn_mask",),
+    ),
 }
 
 # Public names of F that are not ops of the table (settings, not forward/backward pairs).

@@ -1,0 +1,374 @@
+r"""Scaled dot-product attention, as ``torch.nn.functional.scaled_dot_product_attention``.
+
+Notation
+--------
+- ``query (..., L, E)``, ``key (..., S, E)``, ``value (..., S, Ev)``: ``L`` target and ``S``
+  source positions; the leading (batch, head) axes broadcast against each other as in
+  ``matmul``.
+- :math:`s` the scale (default :math:`1/\sqrt{E}`), :math:`M` the additive mask,
+  :math:`A = s\,QK^\top + M` the logits, :math:`P = \mathrm{softmax}(A)` over the last axis,
+  :math:`O = PV` the output.
+
+Masks
+-----
+A boolean ``attn_mask`` marks with ``True`` the positions that take part (torch's SDPA
+convention; ``nn.MultiheadAttention`` uses the opposite one) and becomes
+:math:`M = 0` there and :math:`-\infty` elsewhere; a floating mask is added as it is and
+gets a gradient (:math:`\partial L/\partial A`, summed over the axes it was broadcast
+along). ``is_causal=True`` is the upper-left aligned causal mask: target ``i`` sees source
+``j <= i``. A row that is masked everywhere (all of its logits :math:`-\infty`) gives zeros
+in the output and zero gradients, as torch's math kernel and its CPU flash kernel do (both
+checked against torch 2.13).
+
+Speed and memory
+----------------
+Five batched matmuls (one call each, over all batch and head axes): :math:`QK^\top` and
+:math:`PV` forward; :math:`dO V^\top`, :math:`dS K` (with :math:`P^\top dO`) and
+:math:`dS^\top Q` backward. The scale is folded into ``query`` (an ``(L, E)`` pass, not an
+``(L, S)`` one). The largest arrays are ``(..., L, S)``: at most two live at once in the
+forward (the logits and the one being computed from them) besides the cached :math:`P`,
+and at most three in the backward (:math:`P`, :math:`dP` and one temporary).
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any, NamedTuple
+
+from ..backend import device, random_uniform
+from ._validation import (
+    backward_op,
+    bool_option,
+    broadcasts_to,
+    check_floating,
+    check_same_dtype,
+    cotangent_namespace,
+    forward_op,
+    int_option,
+    op_inputs,
+    real_option,
+    shape_error,
+)
+from .losses import _accumulator
+
+__all__ = ["scaled_dot_product_attention", "scaled_dot_product_attention_backward"]
+
+Array = Any
+
+_OP = "scaled_dot_product_attention"
+
+
+# --------------------------------------------------------------------------- attention dropout
+
+
+def _dropout_uniform(
+    xp: ModuleType, shape: tuple[int, ...], seed: int | None, dev: Any, dtype: Any
+) -> Array:
+    """Uniform ``[0, 1)`` numbers for the attention-dropout mask.
+
+    LOCAL HOOK, to be replaced when the shared counter-based generator lands: call
+    ``functional._random.uniform(xp, shape, seed, device)`` here instead (then the same seed
+    gives the same mask on every backend). Until then the backend's own generator draws
+    (:func:`backprop_xp.backend.random_uniform`): a seed repeats on one backend only.
+    """
+    return random_uniform(xp, shape, dtype=dtype, device=dev, seed=seed)
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def _broadcast(op: str, a: tuple[int, ...], b: tuple[int, ...], what: str) -> tuple[int, ...]:
+    """The broadcast of two batch shapes (NumPy's rule), or an error naming ``what``."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    out = []
+    for x, y in zip(a, b, strict=True):
+        if x != y and 1 not in (x, y):
+            raise ValueError(f"{op}: {what}")
+        out.append(y if x == 1 else x)
+    return tuple(out)
+
+
+def _sum_to(xp: ModuleType, g: Array, shape: tuple[int, ...]) -> Array:
+    """``g`` summed over the axes along which an array of ``shape`` was broadcast to it."""
+    if tuple(g.shape) == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
+    )
+    return xp.reshape(xp.sum(g, axis=axes, keepdims=True), shape)
+
+
+# --------------------------------------------------------------------------- the op
+
+
+class SDPACache(NamedTuple):
+    q: Array  # scale * query, compute dtype: the key gradient is dSᵀ (sQ)
+    k: Array  # compute dtype
+    v: Array  # compute dtype
+    e: Array  # exp(A - max A), (..., L, S): the probabilities P = e ⊙ w, before dropout
+    w: Array  # 1 / rowsum(e), (..., L, 1)
+    out: Array  # O in the compute dtype: rowsum(dO ⊙ O) replaces rowsum(dP ⊙ P)
+    keep: Array | None  # dropout: 0 or 1/(1-p) per logit, (..., L, S)
+    scale: float
+    shapes: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # query, key, value
+    mask_shape: tuple[int, ...] | None  # a floating mask's shape (it gets a gradient)
+    mask_dtype: Any
+    dtype: Any  # of the inputs and the output
+
+
+def _attention(
+    xp: ModuleType,
+    query: Array,
+    key: Array,
+    value: Array,
+    mask: Array | None,
+    *,
+    scale: float,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
+    mask_grad: bool = False,
+    safe: bool = True,
+) -> tuple[Array, SDPACache]:
+    """The forward on checked inputs. ``mask`` is additive (floating) or None; ``safe=False``
+    gives NaN rows where every logit is ``-inf`` (a plain softmax, what
+    ``nn.MultiheadAttention`` returns with ``need_weights=True``) instead of zeros."""
+    dtype = query.dtype
+    ct = _accumulator(xp, dtype)  # float16 runs in float32, as torch's CPU math kernel
+    shapes = (tuple(query.shape), tuple(key.shape), tuple(value.shape))
+    mask_shape = tuple(mask.shape) if (mask is not None and mask_grad) else None
+    mask_dtype = None if mask is None else mask.dtype
+    if ct != dtype:
+        query, key, value = (xp.astype(a, ct) for a in (query, key, value))
+    if mask is not None and mask.dtype != ct:
+        mask = xp.astype(mask, ct)
+    dev = device(query)
+    q = query * scale
+    A = xp.matmul(q, key.mT)
+    if mask is not None:
+        A = A + mask
+    one = xp.ones((), dtype=ct, device=dev)
+    if A.shape[-1] == 0:  # no source positions: the output is zero, as in torch
+        w = xp.ones((*A.shape[:-1], 1), dtype=ct, device=dev)
+    else:
+        m = xp.max(A, axis=-1, keepdims=True)
+        dead = m == -math.inf  # every logit -inf: the row is masked entirely
+        fill = xp.full((), 0.0 if safe else math.nan, dtype=ct, device=dev)
+        A = A - xp.where(dead, fill, m)
+        A = xp.exp(A)
+        # 1/rowsum: s >= 1 (exp(0) at the max) except in a dead row, where e = 0 and w = 1
+        w = 1.0 / xp.where(dead, one, xp.sum(A, axis=-1, keepdims=True))
+    e = A
+    del A
+    keep = None
+    ed = e
+    if dropout_p > 0.0:
+        u = _dropout_uniform(xp, tuple(e.shape), seed, dev, ct)
+        kept = 0.0 if dropout_p == 1.0 else 1.0 / (1.0 - dropout_p)
+        zero = xp.zeros((), dtype=ct, device=dev)
+        keep = xp.where(u >= dropout_p, xp.full((), kept, dtype=ct, device=dev), zero)
+        del u
+        ed = e * keep
+    # P = e ⊙ w is never formed: normalizing the (L, Ev) output is cheaper than the (L, S)
+    # probabilities
+    out = xp.matmul(ed, value) * w
+    del ed
+    cache = SDPACache(q, key, value, e, w, out, keep, scale, shapes, mask_shape, mask_dtype, dtype)
+    return (out if ct == dtype else xp.astype(out, dtype)), cache
+
+
+def _additive_mask(xp: ModuleType, mask: Array, dtype: Any) -> Array:
+    """A boolean mask (True = attends) as the additive one: 0 where True, -inf elsewhere."""
+    dev = device(mask)
+    return xp.where(
+        mask,
+        xp.zeros((), dtype=dtype, device=dev),
+        xp.full((), -math.inf, dtype=dtype, device=dev),
+    )
+
+
+def _causal_mask(xp: ModuleType, L: int, S: int, dtype: Any, dev: Any) -> Array:
+    """The additive upper-left causal mask ``(L, S)``: 0 where ``j <= i``, ``-inf`` above
+    the diagonal; built on the device from two ``arange`` (nothing uploaded)."""
+    rows = xp.reshape(xp.arange(L, device=dev), (L, 1))
+    cols = xp.reshape(xp.arange(S, device=dev), (1, S))
+    return _additive_mask(xp, cols <= rows, dtype)
+
+
+@forward_op
+def scaled_dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    attn_mask: Array | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    *,
+    seed: int | None = None,
+) -> tuple[Array, SDPACache]:
+    r"""Attention :math:`\mathrm{softmax}(s\,QK^\top + M)\,V`, as torch's
+    ``F.scaled_dot_product_attention``.
+
+    .. math::
+        A = s\, Q K^\top + M, \qquad P = \mathrm{softmax}_{\text{last axis}}(A),
+        \qquad O = \mathrm{dropout}(P)\, V.
+
+    Parameters
+    ----------
+    query : array, shape (..., L, E), real floating
+    key : array, shape (..., S, E), the dtype of ``query``
+    value : array, shape (..., S, Ev), the dtype of ``query``
+        The leading axes of the three broadcast together (torch's ``(N, H, L, E)`` layout is
+        one case); at least 2-d each.
+    attn_mask : array, optional
+        Broadcastable to ``(..., L, S)`` (the broadcast of the query's and key's leading axes).
+        Boolean: ``True`` where a target position attends a source position. Floating (the
+        query's dtype, or float32 as torch allows): added to the logits; it has a gradient.
+    dropout_p : float in [0, 1]
+        Probability of zeroing each attention weight (the rest are scaled by
+        :math:`1/(1-p)`), as torch; a random mask per call, see ``seed``.
+    is_causal : bool
+        Apply the upper-left causal mask (target ``i`` attends source ``j <= i``); not
+        together with ``attn_mask`` (an error, as in torch).
+    scale : float, optional
+        :math:`s`; default :math:`1/\sqrt{E}`.
+    seed : int, optional
+        Seed of the dropout mask (the same seed, the same mask); None draws a fresh one.
+
+    Returns
+    -------
+    out : array, shape (..., L, Ev)
+        The query's dtype (float16 is computed in float32 and rounded once, as torch's CPU
+        kernel does). Rows masked entirely are zero.
+    cache : SDPACache
+
+    Notes
+    -----
+    Backward (:func:`scaled_dot_product_attention_backward`), with :math:`G = \partial L /
+    \partial O`, :math:`D` the dropout multipliers (0 or :math:`1/(1-p)`; all ones without
+    dropout) and :math:`\tilde P = P \odot D`:
+    :math:`dV = \tilde P^\top G`, :math:`dP = (G V^\top) \odot D`,
+    :math:`dA = P \odot (dP - \mathrm{rowsum}(G \odot O))` (equal to
+    :math:`P \odot (dP - \mathrm{rowsum}(dP \odot P))`, but summed over ``Ev`` columns
+    instead of ``S``), :math:`dQ = s\, dA\, K`, :math:`dK = s\, dA^\top Q`, and the floating
+    mask's gradient :math:`dA` summed to the mask's shape. See ``docs/derivations.md``.
+    """
+    xp, query, key, value, attn_mask = op_inputs(
+        _OP, query=query, key=key, value=value, attn_mask=attn_mask, optional=("attn_mask",)
+    )
+    dropout_p = real_option(_OP, "dropout_p", dropout_p, low=0.0, high=1.0)
+    is_causal = bool_option(_OP, "is_causal", is_causal)
+    if scale is not None:
+        scale = real_option(_OP, "scale", scale)
+    if seed is not None:
+        seed = int_option(_OP, "seed", seed, low=0)
+    check_floating(_OP, "query", query, xp)
+    check_same_dtype(_OP, "key", key, "query", query)
+    check_same_dtype(_OP, "value", value, "query", query)
+    for name, a, layout in (
+        ("query", query, "(..., L, E)"),
+        ("key", key, "(..., S, E)"),
+        ("value", value, "(..., S, Ev)"),
+    ):
+        if a.ndim < 2:
+            raise shape_error(
+                _OP, name, f"an array of at least 2 axes {layout}", f"shape {tuple(a.shape)}"
+            )
+    L, E = int(query.shape[-2]), int(query.shape[-1])
+    S = int(key.shape[-2])
+    if key.shape[-1] != E:
+        raise shape_error(
+            _OP, "key", f"shape (..., S, {E}) (E = query.shape[-1])", f"shape {tuple(key.shape)}"
+        )
+    if value.shape[-2] != S:
+        raise shape_error(
+            _OP, "value", f"shape (..., {S}, Ev) (S = key.shape[-2])", f"shape {tuple(value.shape)}"
+        )
+    qb, kb, vb = (tuple(a.shape[:-2]) for a in (query, key, value))
+    batch = _broadcast(
+        _OP, qb, kb, f"the leading axes of 'query' {qb} and 'key' {kb} do not broadcast"
+    )
+    _broadcast(_OP, batch, vb, f"the leading axes of 'value' {vb} do not broadcast with {batch}")
+    mask = None
+    mask_grad = False
+    if attn_mask is not None:
+        if is_causal:
+            raise ValueError(
+                f"{_OP}: 'attn_mask' and 'is_causal=True' are exclusive (as in torch): pass "
+                f"one of them"
+            )
+        if not broadcasts_to(tuple(attn_mask.shape), (*batch, L, S)):
+            raise shape_error(
+                _OP,
+                "attn_mask",
+                f"a shape that broadcasts to {(*batch, L, S)}",
+                f"shape {tuple(attn_mask.shape)}",
+            )
+        if attn_mask.dtype == xp.bool:
+            mask = _additive_mask(xp, attn_mask, _accumulator(xp, query.dtype))
+        elif xp.isdtype(attn_mask.dtype, "real floating") and attn_mask.dtype in (
+            query.dtype,
+            xp.float32,
+        ):
+            mask, mask_grad = attn_mask, True
+        else:
+            raise TypeError(
+                f"{_OP}: argument 'attn_mask' expected a bool array or one of dtype "
+                f"{query.dtype} (the query's) or float32, got dtype {attn_mask.dtype}"
+            )
+    elif is_causal:
+        mask = _causal_mask(xp, L, S, _accumulator(xp, query.dtype), device(query))
+    s = (1.0 / math.sqrt(E) if E else math.inf) if scale is None else scale
+    return _attention(
+        xp, query, key, value, mask, scale=s, dropout_p=dropout_p, seed=seed, mask_grad=mask_grad
+    )
+
+
+@backward_op(SDPACache)
+def scaled_dot_product_attention_backward(
+    dy: Array, cache: SDPACache, /
+) -> tuple[Array, Array, Array, Array | None]:
+    r"""Gradients of :func:`scaled_dot_product_attention`.
+
+    Returns
+    -------
+    (dquery, dkey, dvalue, dattn_mask)
+        ``dattn_mask`` for a floating mask only (its shape and dtype); None for a boolean
+        mask, ``is_causal`` and no mask.
+    """
+    q, k, v, e, w, O, keep, scale, shapes, mask_shape, mask_dtype, dtype = cache
+    op = "scaled_dot_product_attention_backward"
+    xp, G = cotangent_namespace(op, dy, O, tuple(O.shape), dtype)
+    if G.dtype != O.dtype:  # float16: the backward runs in float32 too
+        G = xp.astype(G, O.dtype)
+    # with P = e ⊙ w, fold the row factor w into the (L, Ev) gradients, not the (L, S) ones:
+    # Gw = G ⊙ w gives dV = (e ⊙ keep)ᵀ Gw and dP ⊙ w = Gw Vᵀ
+    Gw = G * w
+    ed = e if keep is None else e * keep
+    dV = xp.matmul(ed.mT, Gw)
+    del ed
+    dPw = xp.matmul(Gw, v.mT)
+    del Gw
+    if keep is not None:
+        dPw = dPw * keep
+    # rowsum(dP ⊙ P) = rowsum(G ⊙ O): a pass over (L, Ev) instead of (L, S)
+    dPw = dPw - xp.sum(G * O, axis=-1, keepdims=True) * w
+    dA = e * dPw  # = P ⊙ (dP - rowsum(G ⊙ O))
+    del dPw
+    dQ = xp.matmul(dA, k) * scale
+    dK = xp.matmul(dA.mT, q)
+    dmask = None
+    if mask_shape is not None:
+        dmask = xp.astype(_sum_to(xp, dA, mask_shape), mask_dtype, copy=False)
+    del dA
+    grads = (
+        _sum_to(xp, dQ, shapes[0]),
+        _sum_to(xp, dK, shapes[1]),
+        _sum_to(xp, dV, shapes[2]),
+    )
+    if grads[0].dtype != dtype:
+        grads = tuple(xp.astype(g, dtype) for g in grads)
+    return (*grads, dmask)
