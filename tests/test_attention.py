@@ -1,10 +1,12 @@
-"""scaled_dot_product_attention: a loop reference, float64 gradient
+"""scaled_dot_product_attention and nn.MultiheadAttention: a loop reference, float64 gradient
 checks of every option, every backend against NumPy, torch parity of values and of every
-gradient, fully masked rows as torch, bad input."""
+gradient (parameters too), fully masked rows as torch, bad input."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from helpers import compare_with_numpy, to_np
 
 from backprop_xp import functional as F
+from backprop_xp import nn
 from backprop_xp.testing import assert_close, gradcheck
 
 SDPA = F.scaled_dot_product_attention
@@ -432,3 +435,346 @@ def test_bad_dtypes(xp):
             SDPA(f, k, v, xp.asarray(bad))
     with pytest.raises(TypeError, match=rf"{op} 'attn_mask' expected an array"):
         SDPA(f, k, v, [[True] * 5] * 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# nn.MultiheadAttention
+
+
+E, H, L, S, N = 8, 2, 3, 4, 2
+
+
+def _mha_pair(torch, **kw):
+    """Ours and torch's with the same weights: torch's initial state dict loaded into ours."""
+    th = torch.nn.MultiheadAttention(E, H, dtype=torch.float64, **kw)
+    with torch.no_grad():  # nonzero biases, so that their gradients and uses are tested
+        for name, p in th.named_parameters():
+            if "bias" in name:
+                p.copy_(torch.randn(p.shape, dtype=torch.float64))
+    ours = nn.MultiheadAttention(E, H, dtype="float64", rng=0, **kw)
+    assert list(ours.state_dict()) == list(th.state_dict())
+    ours.load_state_dict(th.state_dict())
+    return ours, th
+
+
+def _seq(rng, T, F, batch_first, unbatched=False):
+    if unbatched:
+        return rng.standard_normal((T, F))
+    return rng.standard_normal((N, T, F) if batch_first else (T, N, F))
+
+
+def _mask(rng, kind, shape):
+    if kind is None:
+        return None
+    if kind == "bool":
+        m = rng.random(shape) < 0.3
+        m[..., 0] = False  # never a row masked entirely here (the NaN case is tested apart)
+        return m
+    m = rng.standard_normal(shape)
+    m[..., 1] = -np.inf
+    return m
+
+
+def _check_mha(torch, rng, kw, call, unbatched=False, query_is_kv=False):
+    ours, th = _mha_pair(torch, **kw)
+    bf = kw.get("batch_first", False)
+    q = _seq(rng, L, E, bf, unbatched)
+    k = q if query_is_kv else _seq(rng, S, kw.get("kdim") or E, bf, unbatched)
+    v = q if query_is_kv else _seq(rng, S, kw.get("vdim") or E, bf, unbatched)
+    (out, w), backprop = ours(q, k, v, **call)
+    g = rng.standard_normal(out.shape)
+    dq, dk, dv = backprop(g)
+    tq = torch.tensor(q, requires_grad=True)
+    tk = tq if query_is_kv else torch.tensor(k, requires_grad=True)
+    tv = tq if query_is_kv else torch.tensor(v, requires_grad=True)
+    tcall = {n: torch.tensor(a) if isinstance(a, np.ndarray) else a for n, a in call.items()}
+    with warnings.catch_warnings():  # torch deprecates a bool mask beside a float one
+        warnings.filterwarnings("ignore", "Support for mismatched", UserWarning)
+        t_out, t_w = th(tq, tk, tv, **tcall)
+    t_out.backward(torch.tensor(g))
+    tol = {"rtol": 1e-9, "atol": 1e-11, "equal_nan": True}
+    what = f"{kw} {sorted(call)}"
+    np.testing.assert_allclose(out, t_out.detach().numpy(), err_msg=what, **tol)
+    assert (w is None) == (t_w is None), what
+    if w is not None:
+        np.testing.assert_allclose(w, t_w.detach().numpy(), err_msg=what, **tol)
+    if query_is_kv:
+        np.testing.assert_allclose(dq + dk + dv, tq.grad.numpy(), err_msg=what, **tol)
+    else:
+        for a, b in zip((dq, dk, dv), (tq, tk, tv), strict=True):
+            np.testing.assert_allclose(a, b.grad.numpy(), err_msg=what, **tol)
+    t_params = dict(th.named_parameters())
+    assert [n for n, _ in ours.named_parameters()] == list(t_params)
+    for name, p in ours.named_parameters():
+        np.testing.assert_allclose(p.grad, t_params[name].grad.numpy(), err_msg=name, **tol)
+    return out, w, ours
+
+
+def test_mha_state_dict_keys_and_shapes_are_torchs():
+    torch = _torch()
+    for kw in itertools.product([None, 5], [None, 6], [True, False], [True, False]):
+        kdim, vdim, bias, bkv = kw
+        args = {"kdim": kdim, "vdim": vdim, "bias": bias, "add_bias_kv": bkv}
+        th = torch.nn.MultiheadAttention(E, H, **args)
+        ours = nn.MultiheadAttention(E, H, rng=0, **args)
+        assert list(ours.state_dict()) == list(th.state_dict()), args
+        for (n, a), (_, b) in zip(ours.state_dict().items(), th.state_dict().items(), strict=True):
+            assert tuple(a.shape) == tuple(b.shape), n
+        # both ways: torch's weights into ours, ours into torch's
+        ours.load_state_dict(th.state_dict())
+        th.load_state_dict({n: torch.tensor(a) for n, a in ours.state_dict().items()})
+
+
+def test_mha_initialization_is_torchs():
+    m = nn.MultiheadAttention(64, 4, rng=0)
+    w = m.in_proj_weight.data
+    bound = math.sqrt(6 / (64 + 3 * 64))  # xavier_uniform_ of (3E, E)
+    assert w.dtype == np.float32 and np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
+    assert not m.in_proj_bias.data.any() and not m.out_proj.bias.data.any()
+    assert np.abs(m.out_proj.weight.data).max() <= 1 / 8  # Linear's U(±1/sqrt(E))
+    sep = nn.MultiheadAttention(64, 4, kdim=32, vdim=16, add_bias_kv=True, rng=0)
+    assert np.abs(sep.k_proj_weight.data).max() <= math.sqrt(6 / (64 + 32))
+    assert np.abs(sep.v_proj_weight.data).max() <= math.sqrt(6 / (64 + 16))
+    assert abs(sep.bias_k.data.std() - 1 / 8) < 0.05  # xavier_normal_: N(0, 1/E)
+    again = nn.MultiheadAttention(64, 4, rng=0)
+    np.testing.assert_array_equal(again.in_proj_weight.data, w)
+
+
+KPM = [None, "bool", "float"]
+AM = [None, "bool2", "float2", "bool3", "float3"]
+
+
+def test_mha_matches_torch_every_combination(rng):
+    """kdim/vdim, bias, batch_first, key_padding_mask (none, bool, float), attn_mask (none,
+    bool or float, (L, S) or (N·H, L, S)), need_weights, average_attn_weights: outputs,
+    weights, the three input gradients and every parameter gradient."""
+    torch = _torch()
+    for kdim, bias, bf, kpm, am, nw, avg in itertools.product(
+        [None, 5], [True, False], [False, True], KPM, AM, [True, False], [True, False]
+    ):
+        if not nw and not avg:
+            continue  # average_attn_weights has no effect without the weights
+        kw = {"kdim": kdim, "vdim": None if kdim is None else 6, "bias": bias, "batch_first": bf}
+        call = {"need_weights": nw, "average_attn_weights": avg}
+        if kpm is not None:
+            call["key_padding_mask"] = _mask(rng, kpm, (N, S))
+        if am is not None:
+            shape = (L, S) if am.endswith("2") else (N * H, L, S)
+            call["attn_mask"] = _mask(rng, am[:-1], shape)
+        _check_mha(torch, rng, kw, call)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+@pytest.mark.parametrize("kpm", [None, "bool"])
+@pytest.mark.parametrize("mask", ["causal", "other"])
+def test_mha_is_causal_hint_as_torch(rng, need_weights, kpm, mask):
+    """torch's is_causal is a hint that attn_mask is causal: with need_weights=False and no
+    key_padding_mask the causal mask is applied (whatever attn_mask holds), else attn_mask."""
+    torch = _torch()
+    am = np.triu(np.ones((L, S), bool), 1) if mask == "causal" else _mask(rng, "bool", (L, S))
+    call = {"attn_mask": am, "is_causal": True, "need_weights": need_weights}
+    if kpm:
+        call["key_padding_mask"] = _mask(rng, "bool", (N, S))
+    _check_mha(torch, rng, {}, call)
+
+
+@pytest.mark.parametrize("bias_kv", [False, True])
+@pytest.mark.parametrize("zero_attn", [False, True])
+@pytest.mark.parametrize("masks", [False, True])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_mha_bias_kv_and_zero_attn_match_torch(rng, bias_kv, zero_attn, masks, batch_first):
+    torch = _torch()
+    kw = {"add_bias_kv": bias_kv, "add_zero_attn": zero_attn, "batch_first": batch_first}
+    call: dict[str, Any] = {}
+    if masks:
+        call = {
+            "key_padding_mask": _mask(rng, "bool", (N, S)),
+            "attn_mask": _mask(rng, "float", (L, S)),
+        }
+    _check_mha(torch, rng, kw, call)
+    if masks:
+        am = np.triu(np.ones((L, S), bool), 1)
+        _check_mha(torch, rng, kw, {"attn_mask": am, "is_causal": True, "need_weights": False})
+
+
+@pytest.mark.parametrize("avg", [True, False])
+@pytest.mark.parametrize("masks", [False, True])
+def test_mha_unbatched_matches_torch(rng, avg, masks):
+    torch = _torch()
+    call: dict[str, Any] = {"average_attn_weights": avg}
+    if masks:
+        call["key_padding_mask"] = _mask(rng, "bool", (S,))
+        call["attn_mask"] = _mask(rng, "float", (H, L, S))
+    out, w, _ = _check_mha(torch, rng, {"batch_first": True}, call, unbatched=True)
+    assert out.shape == (L, E) and w.shape == ((L, S) if avg else (H, L, S))
+
+
+def test_mha_self_attention_gradient_is_the_sum(rng):
+    """One array passed as query, key and value: torch returns one gradient, the sum of ours."""
+    torch = _torch()
+    _check_mha(torch, rng, {}, {"attn_mask": _mask(rng, "float", (L, L))}, query_is_kv=True)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_mha_fully_masked_rows_as_torch(rng, need_weights):
+    """torch's MHA takes a plain softmax when it returns the weights (NaN in a row masked
+    entirely, and NaN gradients) and SDPA's (zeros) when it does not: ours the same."""
+    torch = _torch()
+    kpm = np.zeros((N, S), bool)
+    kpm[1] = True  # every key of batch item 1 is padding
+    with np.errstate(invalid="ignore"):
+        out, _, m = _check_mha(
+            torch, rng, {}, {"key_padding_mask": kpm, "need_weights": need_weights}
+        )
+    assert np.isfinite(out[:, 0]).all()
+    if need_weights:
+        assert np.isnan(out[:, 1]).all()
+    else:  # the attention rows are zero: what remains is out_proj's bias
+        np.testing.assert_allclose(out[:, 1], np.broadcast_to(m.out_proj.bias.data, (L, E)))
+
+
+def test_mha_dropout(rng):
+    """Training mode drops attention weights (a new mask per call, repeatable from rng);
+    eval mode and dropout=0 do not."""
+    m = nn.MultiheadAttention(E, H, dropout=0.5, rng=3, dtype="float64")
+    q = _seq(rng, L, E, False)
+    (a, wa), _ = m(q, q, q, average_attn_weights=False)
+    (b, wb), _ = m(q, q, q, average_attn_weights=False)
+    assert not np.allclose(a, b) and (wa == 0).any() and (wb == 0).any()
+    again = nn.MultiheadAttention(E, H, dropout=0.5, rng=3, dtype="float64")
+    (c, _), _ = again(q, q, q)
+    np.testing.assert_array_equal(a, c)
+    m.eval()
+    (d, wd), _ = m(q, q, q)
+    (e, _), _ = nn.MultiheadAttention(E, H, rng=3, dtype="float64")(q, q, q)
+    np.testing.assert_allclose(d, e)
+    np.testing.assert_allclose(wd.sum(-1), 1.0)
+    m.train()
+    m.dropout = 1.0  # every weight dropped: the output is out_proj's bias
+    (f, _), bp = m(q, q, q)
+    np.testing.assert_allclose(f, np.broadcast_to(m.out_proj.bias.data, f.shape))
+    dq, dk, dv = bp(np.ones(f.shape))
+    assert not dq.any() and not dk.any() and not dv.any()
+
+
+def test_mha_layer_gradient_matches_differences(rng):
+    """Central differences of the whole layer along random directions, every parameter."""
+    m = nn.MultiheadAttention(
+        E, H, kdim=5, vdim=6, add_bias_kv=True, add_zero_attn=True, rng=1, dtype="float64"
+    )
+    q, k, v = _seq(rng, L, E, False), _seq(rng, S, 5, False), _seq(rng, S, 6, False)
+    kpm = _mask(rng, "float", (N, S))
+    g = rng.standard_normal((L, N, E))
+
+    def loss() -> float:
+        (out, _), _ = m(q, k, v, key_padding_mask=kpm)
+        return float(np.sum(out * g))
+
+    (_, _), bp = m(q, k, v, key_padding_mask=kpm)
+    bp(g)
+    for name, p in m.named_parameters():
+        base = p.data.copy()
+        d = rng.standard_normal(base.shape)
+        p.data = base + 1e-6 * d
+        lp = loss()
+        p.data = base - 1e-6 * d
+        lm = loss()
+        p.data = base
+        np.testing.assert_allclose((lp - lm) / 2e-6, np.sum(p.grad * d), rtol=1e-6, err_msg=name)
+
+
+def test_mha_on_every_backend(xp, rng):
+    """The layer moved to each backend gives NumPy's outputs, input and parameter gradients."""
+    kw = {"kdim": 5, "vdim": 6, "add_bias_kv": True, "batch_first": True}
+    ref = nn.MultiheadAttention(E, H, rng=2, dtype="float64", **kw)
+    moved = nn.MultiheadAttention(E, H, rng=2, dtype="float64", **kw).to(xp._xp, xp.device)
+    q, k, v = _seq(rng, L, E, True), _seq(rng, S, 5, True), _seq(rng, S, 6, True)
+    kpm = _mask(rng, "bool", (N, S))
+    am = _mask(rng, "float", (L, S))
+    call = {"key_padding_mask": kpm, "attn_mask": am}
+    (want, w_want), bp = ref(q, k, v, **call)
+    g = rng.standard_normal(want.shape)
+    d_want = bp(g)
+    (got, w_got), bp2 = moved(
+        *(xp.asarray(a) for a in (q, k, v)), **{n: xp.asarray(a) for n, a in call.items()}
+    )
+    d_got = bp2(xp.asarray(g))
+    for a, b in zip((got, w_got, *d_got), (want, w_want, *d_want), strict=True):
+        np.testing.assert_allclose(to_np(a), b, rtol=1e-12, atol=1e-13)
+    for (n, p), (_, r) in zip(moved.named_parameters(), ref.named_parameters(), strict=True):
+        np.testing.assert_allclose(to_np(p.grad), r.grad, rtol=1e-12, atol=1e-13, err_msg=n)
+
+
+def test_mha_backprop_once_and_dtypes(rng):
+    m = nn.MultiheadAttention(E, H, rng=0)
+    q = _seq(rng, L, E, False).astype(np.float32)
+    (out, w), bp = m(q, q, q)
+    assert out.dtype == np.float32 and w.dtype == np.float32
+    grads = bp(np.ones(out.shape))  # a float64 gradient is cast, as torch
+    assert all(g.dtype == np.float32 for g in grads)
+    assert m.in_proj_weight.grad.dtype == np.float32
+    with pytest.raises(RuntimeError, match="already run"):
+        bp(np.ones(out.shape, np.float32))
+    (out, _), bp = m(q, q, q)
+    with pytest.raises(
+        ValueError, match=r"MultiheadAttention: argument 'd_attn_output' expected shape"
+    ):
+        bp(np.ones((1, *out.shape), np.float32))
+
+
+MHA_BAD = {
+    "4-d query": (dict(q=(1, L, N, E)), ValueError, "'query' expected a 3-d"),
+    "2-d key for 3-d query": (dict(k=(S, E)), ValueError, "'key' expected a 3-d"),
+    "features": (dict(q=(L, N, 4)), ValueError, "'query' expected 8 features"),
+    "value length": (dict(v=(S + 1, N, E)), ValueError, "'value' expected the sequence"),
+    "batch": (dict(k=(S, 1, E), v=(S, 1, E)), ValueError, "'key' expected batch size 2"),
+    "kpm shape": (
+        dict(kpm=np.zeros((N, S + 1), bool)),
+        ValueError,
+        "'key_padding_mask' expected shape",
+    ),
+    "kpm dtype": (
+        dict(kpm=np.zeros((N, S), np.int64)),
+        TypeError,
+        "'key_padding_mask' expected a bool or",
+    ),
+    "am shape": (dict(am=np.zeros((N, L, S))), ValueError, "'attn_mask' expected shape"),
+    "am dtype": (
+        dict(am=np.zeros((L, S), np.float64)),
+        TypeError,
+        "'attn_mask' expected dtype float32",
+    ),
+    "query dtype": (dict(dtype=np.float64), TypeError, "'query' expected dtype float32"),
+    "is_causal": (dict(causal=True), ValueError, "is_causal=True needs attn_mask"),
+}
+
+
+@pytest.mark.parametrize("case", list(MHA_BAD))
+def test_mha_bad_input(case):
+    spec, err, msg = MHA_BAD[case]
+    m = nn.MultiheadAttention(E, H, rng=0)
+    dt = spec.get("dtype", np.float32)
+    q, k, v = (
+        np.ones(spec.get(n, d), dt)
+        for n, d in (("q", (L, N, E)), ("k", (S, N, E)), ("v", (S, N, E)))
+    )
+    kw = {
+        "key_padding_mask": spec.get("kpm"),
+        "attn_mask": spec.get("am"),
+        "is_causal": spec.get("causal", False),
+    }
+    with pytest.raises(err, match=rf"^MultiheadAttention: .*{msg}"):
+        m(q, k, v, **kw)
+
+
+def test_mha_bad_constructor_arguments():
+    with pytest.raises(
+        ValueError, match=r"^MultiheadAttention: argument 'embed_dim' expected a multiple"
+    ):
+        nn.MultiheadAttention(10, 3)
+    with pytest.raises(ValueError, match=r"'num_heads' expected a positive int"):
+        nn.MultiheadAttention(8, 0)
+    with pytest.raises(TypeError, match=r"'dropout' expected a real number"):
+        nn.MultiheadAttention(8, 2, dropout="0.1")
+    with pytest.raises(TypeError, match=r"'batch_first' expected a bool"):
+        nn.MultiheadAttention(8, 2, batch_first=1)
