@@ -158,6 +158,7 @@ OPS: dict[str, OpCase] = {
             "dropout_p": Opt("real", 0.0),
             "is_causal": Opt("bool", False),
             "scale": Opt("real", 0.5, valid=(None,)),
+            "enable_gqa": Opt("bool", True),
             "seed": Opt("int", 3, valid=(None,)),
         },
         optional=("attn_mask",),

@@ -29,9 +29,14 @@ def _torch():
 # The reference: loops over batch items and target positions
 
 
-def ref_sdpa(q, k, v, mask=None, causal=False, scale=None):
+def ref_sdpa(q, k, v, mask=None, is_causal=False, scale=None, enable_gqa=False):
     """Plain NumPy: for each batch item and target row, the softmax over the source
-    positions that take part (a bool mask: True attends; a float mask is added)."""
+    positions that take part (a bool mask: True attends; a float mask is added). GQA repeats
+    each key and value head for its group of query heads, as torch's repeat_interleave."""
+    causal = is_causal
+    if enable_gqa:
+        k = np.repeat(k, q.shape[-3] // k.shape[-3], axis=-3)
+        v = np.repeat(v, q.shape[-3] // v.shape[-3], axis=-3)
     batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     L, E = q.shape[-2:]
     S, Ev = v.shape[-2:]
@@ -98,6 +103,15 @@ CASES: dict[str, Any] = {
     "broadcast_v": (lambda r: (*_inputs(r, qs=(3,), ks=(1,), vs=(2, 3)), None), {}),
     "2d": (lambda r: (*_inputs(r, qs=()), None), {}),
     "L_ne_S_E_ne_Ev": (lambda r: (*_inputs(r, L=2, S=7, E=5, Ev=4), None), {}),
+    "gqa": (lambda r: (*_inputs(r, qs=(2, 6), ks=(2, 2), vs=(2, 3)), None), {"enable_gqa": True}),
+    "gqa_mask": (
+        lambda r: (*_inputs(r, qs=(1, 4), ks=(2, 2), vs=(1,)), _float_mask(r, (4, 4, 5))),
+        {"enable_gqa": True},
+    ),
+    "gqa_causal": (
+        lambda r: (*_inputs(r, qs=(4,), ks=(1,), vs=(2,)), None),
+        {"enable_gqa": True, "is_causal": True},
+    ),
 }
 
 
@@ -118,7 +132,7 @@ def test_forward_matches_loop_reference(xp, dtype, rng, case):
         args.append(xp.asarray(m) if m.dtype == bool else xp.asarray(m, dtype=dtype))
     out, _ = SDPA(*args, **opts)
     assert out.dtype == dtype
-    want = ref_sdpa(q, k, v, m, opts.get("is_causal", False), opts.get("scale"))
+    want = ref_sdpa(q, k, v, m, **opts)
     np.testing.assert_allclose(to_np(out), want, rtol=1e-5, atol=1e-6)
 
 
@@ -141,12 +155,14 @@ def test_gradcheck_dropout(rng, p):
     gradcheck(SDPA, [q, k, v, _float_mask(rng, (4, 5))], {"dropout_p": p, "seed": 7})
 
 
-@pytest.mark.parametrize("case", ["bool_mask", "float_mask_per_head", "causal", "broadcast_batch"])
+@pytest.mark.parametrize(
+    "case", ["bool_mask", "float_mask_per_head", "causal", "broadcast_batch", "gqa_mask"]
+)
 def test_matches_numpy(xp, dtype, rng, case):
     (q, k, v, m), opts = _build(case, rng)
     name = "float64" if "64" in str(dtype) else "float32"
     inputs = [q, k, v] + ([] if m is None else [m])
-    out_shape = ref_sdpa(q, k, v, m, opts.get("is_causal", False)).shape
+    out_shape = ref_sdpa(q, k, v, m, **opts).shape
     compare_with_numpy(xp, SDPA, SDPA_BW, inputs, opts, rng.standard_normal(out_shape), name)
 
 
@@ -406,6 +422,25 @@ BAD = {
         "'dropout_p'",
     ),
     "seed": ((2, 4, 3), (2, 5, 3), (2, 5, 2), None, {"seed": -1}, ValueError, "'seed'"),
+    "gqa heads": (
+        (6, 4, 3),
+        (4, 5, 3),
+        (2, 5, 2),
+        None,
+        {"enable_gqa": True},
+        ValueError,
+        "'key' expected a number of heads .* divides the query's 6",
+    ),
+    "gqa 2-d": (
+        (4, 3),
+        (5, 3),
+        (5, 2),
+        None,
+        {"enable_gqa": True},
+        ValueError,
+        "'query' expected an array of at least 3 axes",
+    ),
+    "no gqa": ((6, 4, 3), (2, 5, 3), (2, 5, 2), None, {}, ValueError, "leading axes of 'query'"),
 }
 
 

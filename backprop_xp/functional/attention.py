@@ -22,12 +22,17 @@ checked against torch 2.13).
 
 Speed and memory
 ----------------
-Five batched matmuls (one call each, over all batch and head axes): :math:`QK^\top` and
-:math:`PV` forward; :math:`dO V^\top`, :math:`dS K` (with :math:`P^\top dO`) and
-:math:`dS^\top Q` backward. The scale is folded into ``query`` (an ``(L, E)`` pass, not an
-``(L, S)`` one). The largest arrays are ``(..., L, S)``: at most two live at once in the
-forward (the logits and the one being computed from them) besides the cached :math:`P`,
-and at most three in the backward (:math:`P`, :math:`dP` and one temporary).
+Six batched matmuls, each one call over all batch and head axes: :math:`QK^\top` and
+:math:`PV` forward; :math:`G V^\top`, :math:`P^\top G`, :math:`dA\,K` and
+:math:`dA^\top Q` backward. The scale is folded into ``query`` (an ``(L, E)`` pass, not an
+``(L, S)`` one), and the softmax's division by the row sums into the ``(L, Ev)`` output and
+its gradient (:math:`P` itself is never formed: the cache keeps :math:`e^{A - \max A}` and
+the row factors). A boolean or causal mask becomes an additive ``0``/``-inf`` array of the
+mask's own shape (the causal one built on the device from two ``arange``), added in the
+one pass that would otherwise apply it. The largest arrays are ``(..., L, S)``: at most two
+live at once in the forward (the cached exponentials among them), and three in the backward
+(the cached exponentials, :math:`dP` and one temporary), plus a dropout mask when
+``dropout_p > 0``.
 """
 
 from __future__ import annotations
@@ -101,6 +106,24 @@ def _sum_to(xp: ModuleType, g: Array, shape: tuple[int, ...]) -> Array:
     return xp.reshape(xp.sum(g, axis=axes, keepdims=True), shape)
 
 
+def _group(xp: ModuleType, x: Array, G: int) -> Array:
+    """``(..., H·G, L, n)`` → ``(..., H, G·L, n)``: the ``G`` query heads that share one key
+    (value) head stacked as rows of one matrix, so one GEMM serves them (grouped-query
+    attention; head ``h`` uses key head ``h // G``, torch's ``repeat_interleave``)."""
+    if G == 1:
+        return x
+    *lead, HG, L, n = x.shape
+    return xp.reshape(x, (*lead, HG // G, G * L, n))
+
+
+def _ungroup(xp: ModuleType, x: Array, G: int) -> Array:
+    """The inverse of :func:`_group`."""
+    if G == 1:
+        return x
+    *lead, H, GL, n = x.shape
+    return xp.reshape(x, (*lead, H * G, GL // G, n))
+
+
 # --------------------------------------------------------------------------- the op
 
 
@@ -117,6 +140,7 @@ class SDPACache(NamedTuple):
     mask_shape: tuple[int, ...] | None  # a floating mask's shape (it gets a gradient)
     mask_dtype: Any
     dtype: Any  # of the inputs and the output
+    groups: tuple[int, int]  # query heads per key head, per value head (1, 1 without GQA)
 
 
 def _attention(
@@ -131,6 +155,7 @@ def _attention(
     seed: int | None = None,
     mask_grad: bool = False,
     safe: bool = True,
+    groups: tuple[int, int] = (1, 1),
 ) -> tuple[Array, SDPACache]:
     """The forward on checked inputs. ``mask`` is additive (floating) or None; ``safe=False``
     gives NaN rows where every logit is ``-inf`` (a plain softmax, what
@@ -146,7 +171,8 @@ def _attention(
         mask = xp.astype(mask, ct)
     dev = device(query)
     q = query * scale
-    A = xp.matmul(q, key.mT)
+    Gk, Gv = groups
+    A = _ungroup(xp, xp.matmul(_group(xp, q, Gk), key.mT), Gk)
     if mask is not None:
         A = A + mask
     one = xp.ones((), dtype=ct, device=dev)
@@ -173,9 +199,11 @@ def _attention(
         ed = e * keep
     # P = e ⊙ w is never formed: normalizing the (L, Ev) output is cheaper than the (L, S)
     # probabilities
-    out = xp.matmul(ed, value) * w
+    out = _ungroup(xp, xp.matmul(_group(xp, ed, Gv), value), Gv) * w
     del ed
-    cache = SDPACache(q, key, value, e, w, out, keep, scale, shapes, mask_shape, mask_dtype, dtype)
+    cache = SDPACache(
+        q, key, value, e, w, out, keep, scale, shapes, mask_shape, mask_dtype, dtype, groups
+    )
     return (out if ct == dtype else xp.astype(out, dtype)), cache
 
 
@@ -206,6 +234,7 @@ def scaled_dot_product_attention(
     dropout_p: float = 0.0,
     is_causal: bool = False,
     scale: float | None = None,
+    enable_gqa: bool = False,
     *,
     seed: int | None = None,
 ) -> tuple[Array, SDPACache]:
@@ -235,6 +264,12 @@ def scaled_dot_product_attention(
         together with ``attn_mask`` (an error, as in torch).
     scale : float, optional
         :math:`s`; default :math:`1/\sqrt{E}`.
+    enable_gqa : bool
+        Grouped-query attention, as torch: ``query (..., Hq, L, E)``, ``key (..., Hk, S, E)``,
+        ``value (..., Hv, S, Ev)`` with ``Hk`` and ``Hv`` dividing ``Hq``; query head ``h``
+        attends key head ``h // (Hq/Hk)`` and value head ``h // (Hq/Hv)`` (torch repeats
+        them with ``repeat_interleave``; here the heads of a group share one GEMM and nothing
+        is copied).
     seed : int, optional
         Seed of the dropout mask (the same seed, the same mask); None draws a fresh one.
 
@@ -261,6 +296,7 @@ def scaled_dot_product_attention(
     )
     dropout_p = real_option(_OP, "dropout_p", dropout_p, low=0.0, high=1.0)
     is_causal = bool_option(_OP, "is_causal", is_causal)
+    enable_gqa = bool_option(_OP, "enable_gqa", enable_gqa)
     if scale is not None:
         scale = real_option(_OP, "scale", scale)
     if seed is not None:
@@ -288,10 +324,15 @@ def scaled_dot_product_attention(
             _OP, "value", f"shape (..., {S}, Ev) (S = key.shape[-2])", f"shape {tuple(value.shape)}"
         )
     qb, kb, vb = (tuple(a.shape[:-2]) for a in (query, key, value))
+    groups = (1, 1)
+    if enable_gqa:
+        groups, qb, kb, vb = _gqa_groups(query, key, value)
     batch = _broadcast(
         _OP, qb, kb, f"the leading axes of 'query' {qb} and 'key' {kb} do not broadcast"
     )
     _broadcast(_OP, batch, vb, f"the leading axes of 'value' {vb} do not broadcast with {batch}")
+    if enable_gqa:
+        batch = (*batch, int(query.shape[-3]))
     mask = None
     mask_grad = False
     if attn_mask is not None:
@@ -323,8 +364,42 @@ def scaled_dot_product_attention(
         mask = _causal_mask(xp, L, S, _accumulator(xp, query.dtype), device(query))
     s = (1.0 / math.sqrt(E) if E else math.inf) if scale is None else scale
     return _attention(
-        xp, query, key, value, mask, scale=s, dropout_p=dropout_p, seed=seed, mask_grad=mask_grad
+        xp,
+        query,
+        key,
+        value,
+        mask,
+        scale=s,
+        dropout_p=dropout_p,
+        seed=seed,
+        mask_grad=mask_grad,
+        groups=groups,
     )
+
+
+def _gqa_groups(
+    query: Array, key: Array, value: Array
+) -> tuple[tuple[int, int], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """``enable_gqa``: the query heads per key head and per value head, and the leading
+    axes without the head axis (which broadcast as usual)."""
+    for name, a in (("query", query), ("key", key), ("value", value)):
+        if a.ndim < 3:
+            raise shape_error(
+                _OP,
+                name,
+                "an array of at least 3 axes (..., heads, positions, features) with "
+                "enable_gqa=True",
+                f"shape {tuple(a.shape)}",
+            )
+    Hq, Hk, Hv = (int(a.shape[-3]) for a in (query, key, value))
+    for name, h in (("key", Hk), ("value", Hv)):
+        if Hq % h:
+            raise ValueError(
+                f"{_OP}: argument '{name}' expected a number of heads (axis -3) that divides "
+                f"the query's {Hq} (enable_gqa=True), got {h}"
+            )
+    qb, kb, vb = (tuple(int(n) for n in a.shape[:-3]) for a in (query, key, value))
+    return (Hq // Hk, Hq // Hv), qb, kb, vb
 
 
 @backward_op(SDPACache)
@@ -339,7 +414,7 @@ def scaled_dot_product_attention_backward(
         ``dattn_mask`` for a floating mask only (its shape and dtype); None for a boolean
         mask, ``is_causal`` and no mask.
     """
-    q, k, v, e, w, O, keep, scale, shapes, mask_shape, mask_dtype, dtype = cache
+    q, k, v, e, w, O, keep, scale, shapes, mask_shape, mask_dtype, dtype, (Gk, Gv) = cache
     op = "scaled_dot_product_attention_backward"
     xp, G = cotangent_namespace(op, dy, O, tuple(O.shape), dtype)
     if G.dtype != O.dtype:  # float16: the backward runs in float32 too
@@ -348,9 +423,10 @@ def scaled_dot_product_attention_backward(
     # Gw = G ⊙ w gives dV = (e ⊙ keep)ᵀ Gw and dP ⊙ w = Gw Vᵀ
     Gw = G * w
     ed = e if keep is None else e * keep
-    dV = xp.matmul(ed.mT, Gw)
+    # grouped heads (GQA): the sums over a group's query heads are the GEMMs' inner sums
+    dV = xp.matmul(_group(xp, ed, Gv).mT, _group(xp, Gw, Gv))
     del ed
-    dPw = xp.matmul(Gw, v.mT)
+    dPw = _ungroup(xp, xp.matmul(_group(xp, Gw, Gv), v.mT), Gv)
     del Gw
     if keep is not None:
         dPw = dPw * keep
@@ -358,8 +434,8 @@ def scaled_dot_product_attention_backward(
     dPw = dPw - xp.sum(G * O, axis=-1, keepdims=True) * w
     dA = e * dPw  # = P ⊙ (dP - rowsum(G ⊙ O))
     del dPw
-    dQ = xp.matmul(dA, k) * scale
-    dK = xp.matmul(dA.mT, q)
+    dQ = _ungroup(xp, xp.matmul(_group(xp, dA, Gk), k), Gk) * scale
+    dK = xp.matmul(_group(xp, dA, Gk).mT, _group(xp, q, Gk))
     dmask = None
     if mask_shape is not None:
         dmask = xp.astype(_sum_to(xp, dA, mask_shape), mask_dtype, copy=False)
