@@ -337,6 +337,33 @@ def test_empty_source_gives_zeros_as_torch(xp):
     assert tuple(out.shape) == (2, 0, 4)
 
 
+@pytest.mark.parametrize("options", [{}, {"is_causal": True}, {"mask": True}])
+def test_memory_at_most_two_then_three_logit_sized_arrays(rng, options):
+    """The forward holds at most two (..., L, S) arrays at once (the cached exponentials
+    among them), the backward allocates at most two more beside the cache (NumPy's
+    allocations as tracemalloc sees them)."""
+    import tracemalloc
+
+    q, k, v = _inputs(rng, qs=(4, 2), L=64, S=64, E=4, Ev=4)
+    mask = _float_mask(rng, (64, 64), dead_row=False) if options.pop("mask", False) else None
+    ls = 4 * 2 * 64 * 64 * 8  # bytes of one (N, H, L, S) float64 array
+    small = 8 * q.nbytes  # (L, E)-sized arrays, row vectors, a (L, S) mask: 128 KiB
+    SDPA_BW(np.ones((4, 2, 64, 4)), SDPA(q, k, v, mask, **options)[1])  # first-call imports
+    tracemalloc.start()
+    try:
+        out, cache = SDPA(q, k, v, mask, **options)
+        _, fwd_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        before, _ = tracemalloc.get_traced_memory()
+        grads = SDPA_BW(np.ones(out.shape), cache)
+        _, bwd_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert fwd_peak <= 2 * ls + small, fwd_peak / ls
+    assert bwd_peak - before <= 2 * ls + 2 * small, (bwd_peak - before) / ls
+    assert grads[0].shape == q.shape
+
+
 # -- dropout -------------------------------------------------------------------------------
 
 
