@@ -808,6 +808,11 @@ MHA_BAD = {
     ),
     "query dtype": (dict(dtype=np.float64), TypeError, "'query' expected dtype float32"),
     "is_causal": (dict(causal=True), ValueError, "is_causal=True needs attn_mask"),
+    "is_causal, int am": (
+        dict(causal=True, am=np.zeros((L, S), np.int64), need_weights=False),
+        TypeError,
+        "'attn_mask' expected a bool or floating",
+    ),
 }
 
 
@@ -824,6 +829,7 @@ def test_mha_bad_input(case):
         "key_padding_mask": spec.get("kpm"),
         "attn_mask": spec.get("am"),
         "is_causal": spec.get("causal", False),
+        "need_weights": spec.get("need_weights", True),
     }
     with pytest.raises(err, match=rf"^MultiheadAttention: .*{msg}"):
         m(q, k, v, **kw)

@@ -327,8 +327,10 @@ class MultiheadAttention(Module):
         L, N = query.shape[seq], query.shape[1 - seq]
 
         kpm = self._canonical_mask(xp, key_padding_mask, "key_padding_mask", query)
+        am = self._canonical_mask(xp, attn_mask, "attn_mask", query)
         use_causal = is_causal and kpm is None and not need_weights
-        am = None if use_causal else self._canonical_mask(xp, attn_mask, "attn_mask", query)
+        if use_causal:  # torch's SDPA path: the causal mask replaces attn_mask's values
+            am = None
 
         weights_p, bias_p = self._in_projection()
         Wq, Wk, Wv = (
