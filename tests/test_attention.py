@@ -374,7 +374,7 @@ def test_dropout_seed_repeats_and_masks_differ(xp, rng):
     c, _ = SDPA(q, k, v, dropout_p=0.5, seed=2)
     assert_close(a, b, rtol=0, atol=0)
     assert not np.allclose(to_np(a), to_np(c))
-    zero, _ = SDPA(q, k, v, dropout_p=1.0)
+    zero, _ = SDPA(q, k, v, dropout_p=1.0, seed=3)
     assert not np.any(to_np(zero))
     plain, _ = SDPA(q, k, v)
     same, _ = SDPA(q, k, v, dropout_p=0.0, seed=5)
@@ -449,6 +449,15 @@ BAD = {
         "'dropout_p'",
     ),
     "seed": ((2, 4, 3), (2, 5, 3), (2, 5, 2), None, {"seed": -1}, ValueError, "'seed'"),
+    "no seed": (
+        (2, 4, 3),
+        (2, 5, 3),
+        (2, 5, 2),
+        None,
+        {"dropout_p": 0.1},
+        TypeError,
+        "'seed' expected an int with dropout_p=0.1",
+    ),
     "gqa heads": (
         (6, 4, 3),
         (4, 5, 3),

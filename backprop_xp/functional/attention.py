@@ -68,14 +68,15 @@ _OP = "scaled_dot_product_attention"
 
 
 def _dropout_uniform(
-    xp: ModuleType, shape: tuple[int, ...], seed: int | None, dev: Any, dtype: Any
+    xp: ModuleType, shape: tuple[int, ...], seed: int, dev: Any, dtype: Any
 ) -> Array:
-    """Uniform ``[0, 1)`` numbers for the attention-dropout mask.
+    """Uniform ``[0, 1)`` numbers for the attention-dropout mask, a function of ``seed``.
 
-    LOCAL HOOK, to be replaced when the shared counter-based generator lands: call
-    ``functional._random.uniform(xp, shape, seed, device)`` here instead (then the same seed
-    gives the same mask on every backend). Until then the backend's own generator draws
-    (:func:`backprop_xp.backend.random_uniform`): a seed repeats on one backend only.
+    LOCAL HOOK, to be replaced when the shared counter-based generator lands: return
+    ``functional._random.uniform(xp, shape, seed, dev, dtype)`` here instead (then the same
+    seed gives the same mask on every backend, and ``backend.random_uniform`` goes). Until
+    then the backend's own generator draws (:func:`backprop_xp.backend.random_uniform`): a
+    seed repeats on one backend only.
     """
     return random_uniform(xp, shape, dtype=dtype, device=dev, seed=seed)
 
@@ -152,7 +153,7 @@ def _attention(
     *,
     scale: float,
     dropout_p: float = 0.0,
-    seed: int | None = None,
+    seed: int = 0,
     mask_grad: bool = False,
     safe: bool = True,
     groups: tuple[int, int] = (1, 1),
@@ -258,7 +259,8 @@ def scaled_dot_product_attention(
         query's dtype, or float32 as torch allows): added to the logits; it has a gradient.
     dropout_p : float in [0, 1]
         Probability of zeroing each attention weight (the rest are scaled by
-        :math:`1/(1-p)`), as torch; a random mask per call, see ``seed``.
+        :math:`1/(1-p)`), as torch. The mask is a function of ``seed``, which is then
+        required.
     is_causal : bool
         Apply the upper-left causal mask (target ``i`` attends source ``j <= i``); not
         together with ``attn_mask`` (an error, as in torch).
@@ -271,7 +273,8 @@ def scaled_dot_product_attention(
         them with ``repeat_interleave``; here the heads of a group share one GEMM and nothing
         is copied).
     seed : int, optional
-        Seed of the dropout mask (the same seed, the same mask); None draws a fresh one.
+        Seed of the dropout mask, required when ``dropout_p > 0``: the same seed gives the
+        same mask (pass a new one per call, as ``nn.MultiheadAttention`` does).
 
     Returns
     -------
@@ -301,6 +304,11 @@ def scaled_dot_product_attention(
         scale = real_option(_OP, "scale", scale)
     if seed is not None:
         seed = int_option(_OP, "seed", seed, low=0)
+    elif dropout_p > 0.0:
+        raise TypeError(
+            f"{_OP}: argument 'seed' expected an int with dropout_p={dropout_p:g} (the dropout "
+            f"mask is a function of the seed), got None"
+        )
     check_floating(_OP, "query", query, xp)
     check_same_dtype(_OP, "key", key, "query", query)
     check_same_dtype(_OP, "value", value, "query", query)
@@ -371,7 +379,7 @@ def scaled_dot_product_attention(
         mask,
         scale=s,
         dropout_p=dropout_p,
-        seed=seed,
+        seed=0 if seed is None else seed,
         mask_grad=mask_grad,
         groups=groups,
     )

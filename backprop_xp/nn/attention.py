@@ -368,7 +368,7 @@ class MultiheadAttention(Module):
             mask = kpm if am is None else (am if kpm is None else am + kpm)
 
         p = self.dropout if self.training else 0.0
-        seed = None
+        seed = 0
         if p > 0.0:
             seed = int(
                 np.random.SeedSequence([self._dropout_seed, self._calls]).generate_state(1)[0]
