@@ -41,7 +41,7 @@ import math
 from types import ModuleType
 from typing import Any, NamedTuple
 
-from ..backend import device, random_uniform
+from ..backend import device
 from ._validation import (
     backward_op,
     bool_option,
@@ -76,8 +76,11 @@ def _dropout_uniform(
     ``functional._random.uniform(xp, shape, seed, dev, dtype)`` here instead (then the same
     seed gives the same mask on every backend, and ``backend.random_uniform`` goes). Until
     then the backend's own generator draws (:func:`backprop_xp.backend.random_uniform`): a
-    seed repeats on one backend only.
+    seed repeats on one backend only. Imported here, not at the top, so that the rest of the
+    module does not depend on it.
     """
+    from ..backend import random_uniform
+
     return random_uniform(xp, shape, dtype=dtype, device=dev, seed=seed)
 
 
