@@ -167,6 +167,19 @@ OPS: dict[str, OpCase] = {
         {"p": Opt("real", 0.3), "training": Opt("bool", False), "seed": Opt("int", 11)},
         fixed={"seed": 5},
     ),
+    "scaled_dot_product_attention": OpCase(
+        _build(_f(2, 3, 4), _f(2, 5, 4), _f(2, 5, 6), _f(3, 5)),
+        ("query", "key", "value", "attn_mask"),
+        {
+            "dropout_p": Opt("real", 0.3),
+            "is_causal": Opt("bool", False),
+            "scale": Opt("real", 0.5, valid=(None,)),
+            "enable_gqa": Opt("bool", True),
+            "seed": Opt("int", 3, valid=(None,)),
+        },
+        optional=("attn_mask",),
+        fixed={"seed": 7},
+    ),
 }
 
 # Public names of F that are not ops of the table (settings, not forward/backward pairs).

@@ -11,6 +11,8 @@ torch says ``dim``).
 
 from .activations import *  # noqa: F403
 from .activations import __all__ as _activations_all
+from .attention import *  # noqa: F403
+from .attention import __all__ as _attention_all
 from .conv import *  # noqa: F403
 from .conv import __all__ as _conv_all
 from .dropout import *  # noqa: F403
@@ -30,6 +32,7 @@ from .softmax import __all__ as _softmax_all
 
 __all__ = [
     *_activations_all,
+    *_attention_all,
     *_conv_all,
     *_dropout_all,
     *_embedding_all,

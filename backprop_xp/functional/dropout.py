@@ -3,6 +3,7 @@ r"""Dropout, with its mask drawn from a seed by the counter-based generator of
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any, NamedTuple
 
 from ..backend import device
@@ -33,7 +34,7 @@ class DropoutCache(NamedTuple):
     shape: tuple[int, ...]
 
 
-def _seed(op: str, seed: Any, x: Array) -> Any:
+def dropout_seed(op: str, seed: Any, x: Array) -> Any:
     """``seed`` as a Python int, or a 0-d integer array of ``x``'s library and device."""
     if _is_array(seed):
         xp, _, seed = op_inputs(op, x=x, seed=seed)
@@ -93,14 +94,21 @@ def dropout(
     check_floating(op, "x", x, xp)
     p = real_option(op, "p", p, low=0.0, high=1.0)
     training = bool_option(op, "training", training)
-    seed = _seed(op, seed, x)
+    seed = dropout_seed(op, seed, x)
     like = xp.empty((0,), dtype=x.dtype, device=device(x))
     shape = tuple(x.shape)
     if not training or p == 0.0:
         return xp.asarray(x, copy=True), DropoutCache(None, 1.0, like, shape)
-    keep = random_bits(xp, shape, seed, device(x)) >= round(p * 2**BITS)
+    keep = keep_mask(xp, shape, p, seed, device(x))
     scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
     return x * (xp.astype(keep, x.dtype) * scale), DropoutCache(keep, scale, like, shape)
+
+
+def keep_mask(xp: ModuleType, shape: tuple[int, ...], p: float, seed: Any, dev: Any) -> Array:
+    """The bool mask of the elements dropout keeps, each with probability ``1 - p``: the
+    generator's bits compared as integers with ``p`` on the grid of :math:`2^{-24}`, so one
+    seed gives one mask on every backend (shared with attention's dropout)."""
+    return random_bits(xp, shape, seed, dev) >= round(p * 2**BITS)
 
 
 @backward_op(DropoutCache)

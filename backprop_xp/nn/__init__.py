@@ -14,6 +14,8 @@ Parameter names and layouts are torch's (``"0.weight"``, ``weight_hh_l0_reverse`
 ``state_dict`` / ``load_state_dict`` exchange weights with torch models.
 """
 
+from .attention import *  # noqa: F403
+from .attention import __all__ as _attention_all
 from .conv import *  # noqa: F403
 from .conv import __all__ as _conv_all
 from .init import manual_seed
@@ -32,6 +34,7 @@ __all__ = [
     "Sequential",
     "StateDictError",
     "manual_seed",
+    *_attention_all,
     *_conv_all,
     *_layers_all,
     *_loss_all,
