@@ -43,24 +43,35 @@ def _windows(x_shape, kernel, stride, padding, dilation, ceil_mode):
 
 
 def ref_max_pool(x, dy, kernel, stride=None, padding=0, dilation=1, ceil_mode=False):
-    """Loop reference: output, and the gradient routed to the first maximum in window order."""
-    nd = x.ndim - 2
+    """Loop reference of torch's CPU kernel: each window scans its input elements (never
+    the padding) in row-major order, starting from the first with maxval = -inf, and moves
+    the argmax on ``val > maxval or isnan(val)``: the first maximum, or the last NaN; all
+    -inf, the first element. Returns the output, the gradient (accumulated in Python
+    floats: an inf and a -inf meeting give NaN, as in torch, without a NumPy warning) and
+    torch's flat indices (-1 for a dilated window wholly in the padding, which passes no
+    gradient; torch 2.13 aborts on such a window)."""
     wins = list(_windows(x.shape, kernel, stride, padding, dilation, ceil_mode))
     out = wins[0][2]
     y = np.empty((*x.shape[:2], *out))
-    dx = np.zeros(x.shape)
+    index = np.empty((*x.shape[:2], *out), dtype=np.int64)
+    dx = np.zeros(x.shape).tolist() if dy is not None else None
     for pos, axes, _ in wins:
+        inside = [[i for i in a if 0 <= i < x.shape[2 + k]] for k, a in enumerate(axes)]
+        cells = list(itertools.product(*inside))
         for n, c in np.ndindex(*x.shape[:2]):
-            best, arg = -np.inf, None
-            for idx in itertools.product(*axes):
-                if all(0 <= idx[i] < x.shape[2 + i] for i in range(nd)):
-                    v = x[(n, c, *idx)]
-                    if v > best or np.isnan(v) or (arg is None and v == best):
-                        best, arg = v, idx
+            best, arg = -np.inf, cells[0] if cells else None
+            for cell in cells:
+                v = x[(n, c, *cell)]
+                if v > best or np.isnan(v):
+                    best, arg = v, cell
             y[(n, c, *pos)] = best
-            if dy is not None:
-                dx[(n, c, *arg)] += dy[(n, c, *pos)]
-    return y, dx
+            index[(n, c, *pos)] = -1 if arg is None else np.ravel_multi_index(arg, x.shape[2:])
+            if dx is not None and arg is not None:
+                row = dx[n][c]
+                for i in arg[:-1]:
+                    row = row[i]
+                row[arg[-1]] = row[arg[-1]] + float(dy[(n, c, *pos)])
+    return y, (None if dx is None else np.array(dx)), index
 
 
 def ref_avg_pool(x, kernel, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
@@ -121,12 +132,12 @@ AVG_CASES = [
 @pytest.mark.parametrize(("nd", "spatial", "k", "opts"), MAX_CASES)
 def test_max_pool_matches_loop_reference(xp, dtype, rng, nd, spatial, k, opts):
     x = distinct(rng, (2, 3, *(spatial,) * nd))
-    y_ref, _ = ref_max_pool(x, None, k, **opts)
+    y_ref, _, _ = ref_max_pool(x, None, k, **opts)
     y, cache = MAX[nd](xp.asarray(x, dtype=dtype), k, **opts)
     assert y.dtype == dtype
     np.testing.assert_allclose(to_np(y), y_ref, rtol=1e-6)
     dy = rng.standard_normal(y_ref.shape)
-    _, dx_ref = ref_max_pool(x, dy, k, **opts)
+    _, dx_ref, _ = ref_max_pool(x, dy, k, **opts)
     (dx,) = MAX_BW[nd](xp.asarray(dy, dtype=dtype), cache)
     np.testing.assert_allclose(to_np(dx), dx_ref, rtol=1e-5, atol=1e-6)
 
@@ -157,7 +168,7 @@ def test_pooling_matches_numpy(xp, dtype, rng, nd):
     name = "float64" if "64" in str(dtype) else "float32"
     x = distinct(rng, (2, 3, *(7,) * nd))
     opts = {"stride": 2, "padding": 1}
-    y, _ = ref_max_pool(x, None, 3, **opts)
+    y, _, _ = ref_max_pool(x, None, 3, **opts)
     dy = rng.standard_normal(y.shape)
     compare_with_numpy(xp, MAX[nd], MAX_BW[nd], [x], {"kernel_size": 3, **opts}, dy, name)
     opts = {"stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": False}
@@ -174,7 +185,7 @@ def test_max_pool_ties_go_to_first_position_in_window_order(xp, dtype, rng):
     y, cache = F.max_pool2d(xp.asarray(x, dtype=dtype), 3, **opts)
     dy = rng.standard_normal(tuple(y.shape))
     (dx,) = F.max_pool2d_backward(xp.asarray(dy, dtype=dtype), cache)
-    y_ref, dx_ref = ref_max_pool(x, dy, 3, **opts)
+    y_ref, dx_ref, _ = ref_max_pool(x, dy, 3, **opts)
     np.testing.assert_array_equal(to_np(y), y_ref)
     np.testing.assert_allclose(to_np(dx), dx_ref, rtol=1e-6, atol=1e-6)
     # all-equal window: the first (top-left) element takes the whole gradient
@@ -229,6 +240,98 @@ def test_max_pool_ties_match_torch(xp, rng):
     _, cache = F.max_pool2d(xp.asarray(x), 3, 1, 1)
     (dx,) = F.max_pool2d_backward(xp.asarray(dy), cache)
     np.testing.assert_allclose(to_np(dx), tx.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def every_window_shape():
+    """``(kernel, stride, padding, dilation, ceil_mode)``: every kernel size 1-3 with each
+    padding torch allows, strides and dilations 1 and 2, both ceil modes."""
+    for k in (1, 2, 3):
+        for p in range(k // 2 + 1):
+            for s, d, ceil in itertools.product((1, 2), (1, 2), (False, True)):
+                yield k, s, p, d, ceil
+
+
+def nonfinite(rng, shape):
+    """Inputs whose windows hold it all: -inf masks (whole windows of them, next to the
+    padding), several NaNs per window, +inf, and few finite values (ties)."""
+    values = np.array([-np.inf, np.nan, np.inf, 0.0, 1.0, 2.0])
+    return rng.choice(values, size=shape, p=[0.4, 0.15, 0.05, 0.1, 0.15, 0.15])
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_max_pool_routes_as_torch_for_every_window_shape(rng, nd):
+    """torch's rule (the loop reference, checked against torch's indices here) on inputs of
+    NaN, -inf masks, +inf and ties, for every kernel, padding, dilation, stride and
+    ceil_mode: the output (NaN where torch has NaN), the argmax and the gradient, float32
+    and float64."""
+    torch = pytest.importorskip("torch")
+    tmax = getattr(torch.nn.functional, f"max_pool{nd}d")
+    spatial, lead = {1: ((7,), (2, 3)), 2: ((6, 5), (2, 2)), 3: ((5, 5, 6), (1, 2))}[nd]
+    for k, s, p, d, ceil in every_window_shape():
+        opts = {"kernel_size": k, "stride": s, "padding": p, "dilation": d, "ceil_mode": ceil}
+        x = nonfinite(rng, (*lead, *spatial))
+        y_ref, _, _ = ref_max_pool(x, None, k, s, p, d, ceil)
+        dy = rng.standard_normal(y_ref.shape)
+        _, dx_ref, index = ref_max_pool(x, dy, k, s, p, d, ceil)
+        assert (index >= 0).all()  # no window wholly in the padding (torch aborts on those)
+        for dt, tol in ((np.float32, 1e-5), (np.float64, 1e-12)):
+            tx = torch.tensor(x.astype(dt), requires_grad=True)
+            ty, ti = tmax(tx, **opts, return_indices=True)
+            ty.backward(torch.tensor(dy.astype(dt)))
+            np.testing.assert_array_equal(ti.numpy(), index, err_msg=f"{opts}")
+            np.testing.assert_array_equal(ty.detach().numpy(), y_ref.astype(dt))
+            np.testing.assert_allclose(tx.grad.numpy(), dx_ref, tol, tol, err_msg=f"{opts}")
+            y, cache = MAX[nd](x.astype(dt), **opts)
+            (dx,) = MAX_BW[nd](dy.astype(dt), cache)
+            assert y.dtype == dx.dtype == dt
+            np.testing.assert_array_equal(y, y_ref.astype(dt), err_msg=f"{opts}")
+            np.testing.assert_allclose(dx, dx_ref, tol, tol, err_msg=f"{opts}")
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_max_pool_with_nonfinite_values_matches_numpy_on_every_backend(xp, dtype, rng, nd):
+    name = "float64" if "64" in str(dtype) else "float32"
+    x = nonfinite(rng, (2, 2, *(6,) * nd))
+    for k, opts in (
+        (3, {"stride": 2, "padding": 1}),
+        (3, {"stride": 1, "padding": 1, "dilation": 2, "ceil_mode": True}),
+        (2, {"stride": 2, "padding": 1, "ceil_mode": True}),
+    ):
+        y, _, _ = ref_max_pool(x, None, k, **opts)
+        dy = rng.standard_normal(y.shape)
+        compare_with_numpy(xp, MAX[nd], MAX_BW[nd], [x], {"kernel_size": k, **opts}, dy, name)
+
+
+def test_max_pool_all_minus_inf_window_routes_to_its_first_input_element(xp, dtype):
+    """A mask of -inf: each window's gradient goes to its first input element, as in torch,
+    never into the padding (where it would be lost)."""
+    x = np.full((1, 1, 4, 4), -np.inf)
+    y, cache = F.max_pool2d(xp.asarray(x, dtype=dtype), 3, 2, 1)
+    assert (to_np(y) == -np.inf).all()
+    (dx,) = F.max_pool2d_backward(xp.asarray(np.arange(1.0, 5.0).reshape(1, 1, 2, 2)), cache)
+    # windows start at rows/columns -1 and 1: their first input rows/columns are 0 and 1
+    expected = np.zeros((4, 4))
+    expected[:2, :2] = [[1.0, 2.0], [3.0, 4.0]]
+    np.testing.assert_array_equal(to_np(dx)[0, 0], expected)
+
+
+def test_max_pool_nan_gradient_goes_to_the_last_nan_of_the_window(xp, dtype):
+    x = np.array([[[np.nan, 1.0, np.nan, 2.0, np.nan, 0.0]]])
+    y, cache = F.max_pool1d(xp.asarray(x, dtype=dtype), 4, 2, 1)  # [-1, 3), [1, 5), [3, 7)
+    assert np.isnan(to_np(y)).all()
+    dy = xp.asarray(np.array([[[1.0, 10.0, 100.0]]]), dtype=dtype)
+    (dx,) = F.max_pool1d_backward(dy, cache)
+    # window 0 starts with the padding and then a NaN: its last NaN is at 2 (never the pad);
+    # the others' last NaN is at 4
+    np.testing.assert_array_equal(to_np(dx)[0, 0], [0.0, 0.0, 1.0, 0.0, 110.0, 0.0])
+
+
+def test_max_pool_window_wholly_in_the_padding_passes_no_gradient(xp):
+    # kernel 2, dilation 2, padding 1 on one element: positions -1 and 1, none inside
+    y, cache = F.max_pool1d(xp.asarray(np.array([[[3.0]]])), 2, 1, 1, 2)
+    np.testing.assert_array_equal(to_np(y), [[[-np.inf]]])
+    (dx,) = F.max_pool1d_backward(xp.asarray(np.array([[[1.0]]])), cache)
+    np.testing.assert_array_equal(to_np(dx), [[[0.0]]])
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")

@@ -4,19 +4,35 @@ Notation
 --------
 - :math:`x` : input, shape ``(N, C, *S)`` (or unbatched ``(C, *S)``); :math:`y` : output,
   shape ``(N, C, *L)``; :math:`g = \partial L/\partial y`.
-- Window :math:`\ell` covers the padded positions :math:`s\ell + d\kappa` for the kernel
-  offsets :math:`\kappa` (row-major order, last axis fastest); :math:`|K|` offsets in all.
+- Window :math:`\ell` covers the input positions :math:`s\ell - p + d\kappa` for the kernel
+  offsets :math:`\kappa` (window order: row-major, last axis fastest); positions outside
+  the input are padding (and, in ceil mode, the overhang past it).
 
+How the ops compute
+-------------------
 Box windows are separable: a max (or sum) over a box is a max (or sum) along the last
-spatial axis, then along the next-to-last, and so on. Each op therefore pools one axis at a
-time and loops over that axis's kernel offsets only: one strided slice holds the element at
-that offset of every window at once, so each step is a handful of whole-array
-compare/select/add operations, ``sum(k) - nd`` of them rather than ``prod(k) - 1``.
+spatial axis, then along the next-to-last, and so on. Each op pools one axis at a time,
+looping over that axis's kernel offsets only, and only over those that reach the input in
+some window (the *taps* of :class:`~._windows.PoolAxis`): ``sum(k) - nd`` whole-array steps
+rather than ``prod(k) - 1``.
+
+One axis, with the array viewed as ``(outer, n, inner)`` (the axes before it, the axis, the
+axes after it): the array is copied once into ``stride`` *phase* buffers (phase ``r`` holds
+the positions ``= r`` mod ``stride``, with the padding filled in), each ``(outer, rows,
+inner)`` and flat. For one tap, the elements of all windows are consecutive rows of one
+phase, so the tap's view is one flat, contiguous slice of a phase buffer, shifted by whole
+rows: every step is an elementwise operation on contiguous memory (on NumPy several times
+faster than the same operation on a strided slice). The shift runs each outer block's last
+rows into the next block; those rows (rows ``m .. rows-1``, and along the axes pooled before,
+their extra columns) are *junk*: computed, then cropped from the output, and fed zeros in the
+backward. The backward mirrors it: each tap's share of the gradient is added into its
+phase at its shift, and the phases are interleaved back into the axis.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -34,7 +50,7 @@ from ._validation import (
     shape_error,
     torch_alias,
 )
-from ._windows import Window, as_tuple, make_window, pad_spatial
+from ._windows import PoolAxis, as_tuple, output_size, pool_axis
 
 __all__ = [
     "avg_pool1d",
@@ -59,10 +75,15 @@ Array = Any
 
 
 def _prepare(
-    op: str, nd: int, x: Array, kernel_size: Any, stride: Any, padding: Any, dilation: Any
-) -> tuple[
-    ModuleType, Array, bool, tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]
-]:
+    op: str,
+    nd: int,
+    x: Array,
+    kernel_size: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    ceil_mode: Any,
+) -> tuple[ModuleType, Array, bool, tuple[PoolAxis, ...]]:
     xp, x = op_inputs(op, x=x)
     check_floating(op, "x", x, xp)
     if x.ndim not in (nd + 1, nd + 2):
@@ -78,13 +99,27 @@ def _prepare(
     stride = as_tuple(op, "stride", stride, nd, minimum=1)
     pad = as_tuple(op, "padding", padding, nd, minimum=0)
     dil = as_tuple(op, "dilation", dilation, nd, minimum=1)
-    return xp, x, unbatched, kernel, stride, pad, dil
-
-
-def _check_half_kernel(op: str, pad: tuple[int, ...], kernel: tuple[int, ...]) -> None:
+    ceil_mode = bool_option(op, "ceil_mode", ceil_mode)
     # torch's rule, on the kernel size without dilation: padding <= kernel_size // 2
     if any(p > k // 2 for p, k in zip(pad, kernel, strict=True)):
         raise shape_error(op, "padding", f"at most half the kernel size {kernel}", f"{pad}")
+    sizes = tuple(x.shape[2:])
+    if any(n < 1 for n in sizes):
+        raise shape_error(op, "x", "spatial sizes >= 1", f"spatial size {sizes}")
+    geometry = tuple(zip(sizes, kernel, stride, pad, dil, strict=True))
+    if any(
+        output_size(n, k, s, d, p, p, ceil_mode) < 1 or d * (k - 1) + 1 > n + 2 * p
+        for n, k, s, p, d in geometry
+    ):
+        room = " plus stride - 1 (ceil_mode)" if ceil_mode else ""
+        raise shape_error(
+            op,
+            "kernel_size",
+            f"a kernel extent (dilation*(kernel-1)+1) no larger than the padded input "
+            f"{tuple(n + 2 * p for n, p in zip(sizes, pad, strict=True))}{room}",
+            f"kernel {kernel} with dilation {dil}",
+        )
+    return xp, x, unbatched, tuple(pool_axis(*g, ceil_mode) for g in geometry)
 
 
 def _index_dtype(xp: ModuleType, n: int) -> Any:
@@ -112,47 +147,234 @@ def _like(xp: ModuleType, x: Array) -> Array:
 
 
 def _check_dy(
-    op: str, dy: Array, x_shape: tuple[int, ...], win: Window, unbatched: bool, like: Array
+    op: str,
+    dy: Array,
+    x_shape: tuple[int, ...],
+    axes: tuple[PoolAxis, ...],
+    unbatched: bool,
+    like: Array,
 ) -> tuple[ModuleType, Array]:
     """``dy`` of the (batched) forward output's shape (without N for unbatched input)."""
-    shape = (*x_shape[:2], *win.out_size)
+    shape = (*x_shape[:2], *(ax.m for ax in axes))
     return cotangent_namespace(op, dy, like, shape[1:] if unbatched else shape, like.dtype)
 
 
-def _axis_index(win: Window, axis: int, offset: int) -> tuple[Any, ...]:
-    """The elements at kernel ``offset`` along spatial ``axis`` of every window: a strided
-    slice of that axis; the spatial axes after it are already pooled (kept whole)."""
-    nd = len(win.kernel)
-    d, s, m = win.dilation[axis], win.stride[axis], win.out_size[axis]
-    part = slice(offset * d, offset * d + (m - 1) * s + 1, s)
-    return (Ellipsis, part, *(slice(None),) * (nd - 1 - axis))
+# ------------------------------------------------------------ one axis: phases and taps
 
 
-def _overlaps_earlier(win: Window, axis: int, j: int) -> bool:
-    """Whether offset ``j`` along ``axis`` hits an element that an earlier offset (of some
-    window) also hits: offsets ``i < j`` meet where ``(j - i) d`` is a multiple of the stride
-    below the window span. Until then a plain write into the zeroed buffer suffices."""
-    d, s, m = win.dilation[axis], win.stride[axis], win.out_size[axis]
-    return any((j - i) * d % s == 0 and (j - i) * d // s < m for i in range(j))
+def _phases(xp: ModuleType, y3: Array, ax: PoolAxis, fill: float) -> dict[int, Array]:
+    """``y3`` (outer, n, inner) split into the phases its taps read, padding rows set to
+    ``fill``: flat buffers of ``(outer + 1, rows, inner)``, the last block a tail that the
+    shifted views of the last block run into."""
+    outer, _, inner = y3.shape
+    rows, s, q0 = ax.rows, ax.stride, ax.q0
+    out = {}
+    for r in ax.residues:
+        u0, u1 = ax.data(r)
+        buf = xp.empty((outer + 1, rows, inner), dtype=y3.dtype, device=device(y3))
+        lo, hi = (u0 - q0, u1 - q0) if u1 > u0 else (0, 0)
+        if u1 > u0:
+            part = y3[:, r + u0 * s : r + (u1 - 1) * s + 1 : s, :]
+            buf = xpx.at(buf, (slice(0, outer), slice(lo, hi), slice(None))).set(part)
+        for pad in (slice(0, lo), slice(hi, rows)):
+            if pad.stop > pad.start:
+                buf = xpx.at(buf, (slice(0, outer), pad, slice(None))).set(fill)
+        buf = xpx.at(buf, (outer, Ellipsis)).set(fill)
+        out[r] = xp.reshape(buf, (-1,))
+    return out
 
 
-def _axis_tiled(win: Window, axis: int) -> bool:
-    """Whether the windows cover ``axis`` exactly once (then no buffer needs zeroing)."""
-    k, s, d = win.kernel[axis], win.stride[axis], win.dilation[axis]
-    return (k == 1 or d == 1) and s == k and s * win.out_size[axis] == win.padded_size[axis]
+def _tap_views(phases: dict[int, Array], ax: PoolAxis, outer: int, inner: int) -> list[Array]:
+    """For each tap, its element of every window: a flat slice of the tap's phase, in the
+    ``(outer, rows, inner)`` layout (rows ``m ..`` of each block are junk)."""
+    size = outer * ax.rows * inner
+    return [
+        phases[ax.residue(t)][ax.shift(t) * inner : ax.shift(t) * inner + size]
+        for t in range(ax.taps)
+    ]
+
+
+def _collect(
+    xp: ModuleType,
+    parts: list[Array],
+    ax: PoolAxis,
+    inner: int,
+    owned: bool,
+    combine: Callable[[Array, slice, Array], Array],
+) -> dict[int, Array]:
+    """The adjoint of :func:`_tap_views`: tap ``t``'s ``parts[t]`` (flat, the windows'
+    layout) added into its phase at its shift. ``owned``: the parts are ours to update in
+    place (else they are copied before being written to)."""
+    size = parts[0].shape[0]
+    bufs: dict[int, Array] = {}
+    for r in ax.residues:
+        taps = [t for t in range(ax.taps) if ax.residue(t) == r]
+        buf = None
+        for t in taps:
+            sigma, part = ax.shift(t) * inner, parts[t]
+            if buf is None and sigma == 0 and (owned or len(taps) == 1):
+                buf = part
+            elif buf is None:
+                buf = xp.zeros((size,), dtype=part.dtype, device=device(part))
+                buf = xpx.at(buf, slice(sigma, size)).set(part[: size - sigma])
+            else:
+                # the cut-off end of the part is its last block's junk rows: zeros
+                buf = combine(buf, slice(sigma, size), part[: size - sigma])
+        bufs[r] = buf
+    return bufs
+
+
+def _interleave(
+    xp: ModuleType, bufs: dict[int, Array], ax: PoolAxis, outer: int, inner: int
+) -> Array:
+    """The phase buffers (flat, ``(outer, rows, inner)``) back into the axis: ``(outer, n,
+    inner)``, the padding rows dropped; positions no window covers are 0."""
+    n, s, q0, rows = ax.n, ax.stride, ax.q0, ax.rows
+    some = next(iter(bufs.values()))
+    if s == 1 and q0 == 0 and rows == n:  # one phase, no padding: the buffer is the axis
+        return xp.reshape(some, (outer, n, inner))
+    covered = sum(u1 - u0 for u0, u1 in (ax.data(r) for r in bufs))
+    make = xp.empty if covered == n else xp.zeros
+    out = make((outer, n, inner), dtype=some.dtype, device=device(some))
+    for r, buf in bufs.items():
+        u0, u1 = ax.data(r)
+        if u1 > u0:
+            part = xp.reshape(buf, (outer, rows, inner))[:, u0 - q0 : u1 - q0, :]
+            rows_r = slice(r + u0 * s, r + (u1 - 1) * s + 1, s)
+            out = xpx.at(out, (slice(None), rows_r, slice(None))).set(part)
+    return out
+
+
+def _add(buf: Array, where: slice, part: Array) -> Array:
+    return xpx.at(buf, where).add(part)
+
+
+def _forward_axes(
+    xp: ModuleType,
+    x: Array,
+    axes: tuple[PoolAxis, ...],
+    step: Callable[[ModuleType, Array, PoolAxis], tuple[Array, Array | None]],
+) -> tuple[Array, list[Array | None]]:
+    """``step`` along each axis, the last first: the result in the junk layout ``(N, C,
+    *rows)``, and what each step keeps for the backward."""
+    nd = len(axes)
+    sizes = list(x.shape[2:])
+    lead = x.shape[0] * x.shape[1]
+    y, kept = x, [None] * nd
+    for a in reversed(range(nd)):
+        y3 = xp.reshape(y, (lead * math.prod(sizes[:a]), sizes[a], math.prod(sizes[a + 1 :])))
+        y, kept[a] = step(xp, y3, axes[a])
+        sizes[a] = axes[a].rows
+    return xp.reshape(y, (*x.shape[:2], *sizes)), kept
+
+
+def _crop(a: Array, axes: tuple[PoolAxis, ...]) -> Array:
+    """The output's windows of an array in the junk layout (a view)."""
+    windows = (Ellipsis, *[slice(0, ax.m) for ax in axes])
+    return a[windows]
+
+
+def _embed(xp: ModuleType, g: Array, axes: tuple[PoolAxis, ...], copy: bool = False) -> Array:
+    """``g`` (N, C, *m) placed in the junk layout ``(N, C, *rows)``, zeros in the junk; flat.
+    ``copy``: always a new array (else ``g`` itself where there is no junk)."""
+    rows = tuple(ax.rows for ax in axes)
+    if rows != tuple(ax.m for ax in axes):
+        buf = xp.zeros((*g.shape[:2], *rows), dtype=g.dtype, device=device(g))
+        g = xpx.at(buf, (Ellipsis, *[slice(0, ax.m) for ax in axes])).set(g)
+    elif copy:
+        g = xp.asarray(g, copy=True)
+    return xp.reshape(g, (-1,))
+
+
+def _backward_axes(
+    xp: ModuleType,
+    g: Array,
+    axes: tuple[PoolAxis, ...],
+    x_shape: tuple[int, ...],
+    step: Callable[[int, Array, int, int], Array],
+) -> Array:
+    """``step(a, g, outer, inner)`` undoes axis ``a``, the first axis first: from the junk
+    layout of ``(outer, rows, inner)`` (flat) to ``(outer, n, inner)``."""
+    nd = len(axes)
+    sizes = [ax.rows for ax in axes]
+    lead = x_shape[0] * x_shape[1]
+    for a in range(nd):
+        outer, inner = lead * math.prod(x_shape[2 : 2 + a]), math.prod(sizes[a + 1 :])
+        g = xp.reshape(step(a, g, outer, inner), (-1,))
+        sizes[a] = axes[a].n
+    return xp.reshape(g, x_shape)
+
+
+def _check_nd(op: str, cache: MaxPoolCache | AvgPoolCache, nd: int) -> None:
+    """A pooling cache of the op's own dimensionality (the cache type is shared)."""
+    got = len(cache.axes)
+    if got != nd:
+        raise TypeError(
+            f"{op}: argument 'cache' expected the cache of a {nd}-d pooling, got that of a "
+            f"{got}-d one"
+        )
 
 
 # --------------------------------------------------------------------------- max pooling
 
 
 class MaxPoolCache(NamedTuple):
-    # Per spatial axis, the offset (0..k-1) of the maximum along that axis, from the
-    # separable forward (None where the kernel has size 1 along that axis).
+    # Per spatial axis, which tap won along that axis (None where the axis has one tap), in
+    # the junk layout of that axis's output.
     argmax: tuple[Array | None, ...]
     x_shape: tuple[int, ...]
-    win: Window
+    axes: tuple[PoolAxis, ...]
     unbatched: bool
     like: Array  # zero-size, of the output's library, dtype and device (for the backward's check)
+
+
+def _first_taps(xp: ModuleType, ax: PoolAxis, dtype: Any, dev: Any) -> Array:
+    """Each window that starts in the left padding: its first tap on the input."""
+    w0 = ax.left_windows
+    if w0 <= 2:  # then the taps may have a gap (m <= 2): count them
+        first, second = ax.first_tap(0), ax.first_tap(w0 - 1)
+        return first + (second - first) * xp.arange(w0, dtype=dtype, device=dev)
+    # three or more windows: the taps are contiguous offsets, base[t] = base[0] + t d
+    w = xp.arange(w0, dtype=xp.int64, device=dev)
+    t = (-(w * ax.stride) - ax.base[0] + ax.dilation - 1) // ax.dilation
+    return xp.astype(xp.minimum(t, ax.taps - 1), dtype)
+
+
+def _max_axis(xp: ModuleType, y3: Array, ax: PoolAxis) -> tuple[Array, Array | None]:
+    """Max along the axis of ``y3`` (outer, n, inner) by torch's CPU rule, and the winning
+    tap: over the window's input elements in order (the padding is -inf but never a
+    candidate), the first maximum, or the last NaN if there is one."""
+    outer, _, inner = y3.shape
+    views = _tap_views(_phases(xp, y3, ax, -math.inf), ax, outer, inner)
+    k = len(views)
+    if k == 1:
+        return views[0], None
+    # The maximum from the last tap back: the running value is the max of taps t.., NaN
+    # when a NaN is among them (Array API maximum propagates NaN).
+    y, nan_after = views[-1], [None] * (k - 1)
+    for t in reversed(range(k - 1)):
+        nan_after[t] = xp.isnan(y)
+        y = xp.maximum(views[t], y)
+    # Winner: the number of leading taps below the max (the first maximum: a NaN max has
+    # none below it), plus, in a NaN window, the number of taps before its last NaN
+    # (those with a NaN after them). Counted with compare/and/or/add: where() on a
+    # data-dependent mask is several times slower on NumPy (branch mispredictions).
+    idt = _index_dtype(xp, k)
+    below = views[0] < y
+    idx = xp.astype(below | nan_after[0], idt)
+    for t in range(1, k - 1):
+        below = below & (views[t] < y)
+        idx = idx + xp.astype(below | nan_after[t], idt)
+    w0 = ax.left_windows
+    if w0:
+        # a window that starts in the padding and whose input elements are all -inf: the
+        # first maximum above is its first tap, padding; torch's is the first input element
+        idx3 = xp.reshape(idx, (outer, ax.rows, inner))
+        first = xp.reshape(_first_taps(xp, ax, idt, device(idx)), (1, w0, 1))
+        left = (slice(None), slice(0, w0), slice(None))
+        idx3 = xpx.at(idx3, left).set(xp.maximum(idx3[left], first))
+        idx = xp.reshape(idx3, (-1,))
+    return y, idx
 
 
 def _max_pool_nd(
@@ -163,94 +385,43 @@ def _max_pool_nd(
     stride: Any,
     padding: Any,
     dilation: Any,
-    ceil_mode: bool,
+    ceil_mode: Any,
 ) -> tuple[Array, MaxPoolCache]:
-    xp, x, unbatched, kernel, stride, pad, dil = _prepare(
-        op, nd, x, kernel_size, stride, padding, dilation
-    )
-    ceil_mode = bool_option(op, "ceil_mode", ceil_mode)
-    _check_half_kernel(op, pad, kernel)
-    win = make_window(
-        op,
-        tuple(x.shape[2:]),
-        kernel,
-        stride,
-        dil,
-        pad,
-        pad,
-        ceil_mode=ceil_mode,
-        kernel_name="kernel_size",
-    )
-    # The max over a box is a max over the last axis, then the next-to-last, ...: one 1-d
-    # pooling per axis, sum(k) - nd elementwise maxima instead of prod(k) - 1. Pooling the
-    # last axis first keeps torch's tie rule: the first maximum in row-major window order
-    # lies in the first row (outer axis) holding the maximum, at that row's first maximum.
-    y = pad_spatial(xp, x, win, -math.inf)
-    argmax: list[Array | None] = [None] * nd
-    for axis in reversed(range(nd)):
-        views = [y[_axis_index(win, axis, j)] for j in range(win.kernel[axis])]
-        y = views[0]
-        for v in views[1:]:
-            y = xp.maximum(y, v)  # propagates NaN (Array API), so a NaN window gives NaN
-        if len(views) > 1:
-            # The first offset holding the maximum is the number of leading offsets below
-            # it. Counted with compare/and/add: where() on a data-dependent mask is several
-            # times slower on NumPy (branch mispredictions).
-            idt = _index_dtype(xp, len(views))
-            below = views[0] < y
-            idx = xp.astype(below, idt)
-            for v in views[1:-1]:
-                below = below & (v < y)
-                idx = idx + xp.astype(below, idt)
-            argmax[axis] = idx
-    if win.n_offsets == 1:
-        y = xp.asarray(y, copy=True)  # a 1-element window: never hand back a view of x
+    xp, x, unbatched, axes = _prepare(op, nd, x, kernel_size, stride, padding, dilation, ceil_mode)
+    y, argmax = _forward_axes(xp, x, axes, _max_axis)
+    if any(ax.rows != ax.m for ax in axes):
+        y = xp.asarray(_crop(y, axes), copy=True)
     return _unbatch(y, unbatched), MaxPoolCache(
-        tuple(argmax), tuple(x.shape), win, unbatched, _like(xp, x)
+        tuple(argmax), tuple(x.shape), axes, unbatched, _like(xp, x)
     )
-
-
-def _check_nd(op: str, cache: MaxPoolCache | AvgPoolCache, nd: int) -> None:
-    """A pooling cache of the op's own dimensionality (the cache type is shared)."""
-    got = len(cache.win.in_size)
-    if got != nd:
-        raise TypeError(
-            f"{op}: argument 'cache' expected the cache of a {nd}-d pooling, got that of a "
-            f"{got}-d one"
-        )
 
 
 def _max_pool_nd_backward(dy: Array, cache: MaxPoolCache, op: str, nd: int) -> tuple[Array]:
     _check_nd(op, cache, nd)
-    argmax, x_shape, win, unbatched, like = cache
-    xp, dy = _check_dy(op, dy, x_shape, win, unbatched, like)
+    argmax, x_shape, axes, unbatched, like = cache
+    xp, dy = _check_dy(op, dy, x_shape, axes, unbatched, like)
     dy = _batch(xp, dy, unbatched, nd, op)
-    # Undo the per-axis poolings in reverse order (first axis first): each routes its
-    # gradient to the offset that won along its axis.
-    g = dy
-    for axis in range(nd):
-        shape = list(g.shape)
-        shape[2 + axis] = win.padded_size[axis]
-        make = xp.empty if _axis_tiled(win, axis) else xp.zeros
-        buf = make(tuple(shape), dtype=dy.dtype, device=device(dy))
-        idx, k = argmax[axis], win.kernel[axis]
-        rest = g
-        for j in range(k):
+
+    def route(a: int, g: Array, outer: int, inner: int) -> Array:
+        # Undo the axis-a max: each window's gradient to the tap that won along axis a,
+        # then into that tap's phase at its shift, then the phases back into the axis.
+        ax, idx = axes[a], argmax[a]
+        if idx is None:
+            parts, owned = [g], False
+        else:
             # g * mask, not where(mask, g, 0): the same values for finite g, several times
-            # faster on NumPy; a non-finite g turns the rest of its window NaN, not 0. The
-            # last offset takes what is left, exactly g or 0.
-            if idx is None:
-                part = g
-            elif j < k - 1:
-                part = g * xp.astype(idx == j, g.dtype)
-                rest = rest - part
+            # faster on NumPy; a non-finite g turns the rest of its window NaN, not 0. With
+            # two taps the second takes what is left, exactly g or 0.
+            parts = [g * xp.astype(idx == t, g.dtype) for t in range(max(1, ax.taps - 1))]
+            if ax.taps == 2:
+                parts.append(g - parts[0])
             else:
-                part = rest
-            at = xpx.at(buf, _axis_index(win, axis, j))
-            buf = at.add(part) if _overlaps_earlier(win, axis, j) else at.set(part)
-        g = buf
-    if win.has_padding:
-        g = g[win.interior_index()]
+                parts.append(g * xp.astype(idx == ax.taps - 1, g.dtype))
+            owned = True
+        bufs = _collect(xp, parts, ax, inner, owned, _add)
+        return _interleave(xp, bufs, ax, outer, inner)
+
+    g = _backward_axes(xp, _embed(xp, dy, axes), axes, x_shape, route)
     return (_unbatch(g, unbatched),)
 
 
@@ -258,13 +429,13 @@ _MAX_DOC = r"""{nd}-d max pooling, torch's ``max_pool{nd}d``.
 
     .. math:: y_\ell = \max_\kappa \tilde x_{{s\ell + d\kappa}}
 
-    The padding is :math:`-\infty`, so it never wins. The forward pools one axis at a time
-    (last axis first) and records, per axis, which kernel offset won; together they name
-    the first maximum of each window in window order (row-major, last axis fastest), on
-    every backend, which is where ties go. A NaN in a window makes the output NaN (and
-    that window's gradient goes to one of its elements). The backward routes with a 0/1
-    mask product, so a non-finite upstream gradient also reaches the window's other
-    elements as NaN.
+    Which element wins follows torch's CPU kernel, on every backend: over the window's
+    input elements in window order (row-major, last axis fastest; the padding never
+    competes), the first maximum, so ties go to the first. A NaN makes the output NaN and
+    the window's gradient goes to its last NaN. A window whose input elements are all
+    -inf (a mask) outputs -inf and routes its gradient to its first input element. The
+    backward routes with a 0/1 mask product, so a non-finite upstream gradient also reaches
+    the window's other elements as NaN.
 
     Parameters
     ----------
@@ -283,7 +454,7 @@ _MAX_DOC = r"""{nd}-d max pooling, torch's ``max_pool{nd}d``.
     -------
     y : array, shape (N, C, {out})
     cache : MaxPoolCache
-        The argmax (small integer offsets) and the geometry.
+        The argmax (small integer offsets, one array per axis) and the geometry.
 
     Notes
     -----
@@ -353,13 +524,13 @@ def max_pool3d_backward(dy: Array, cache: MaxPoolCache, /) -> tuple[Array]:
 class AvgPoolCache(NamedTuple):
     inv_count: Array | float  # 1 / divisor per window (a scalar when all windows agree)
     x_shape: tuple[int, ...]
-    win: Window
+    axes: tuple[PoolAxis, ...]
     unbatched: bool
     like: Array  # zero-size, of the output's library, dtype and device (for the backward's check)
 
 
 def _inv_counts(
-    xp: ModuleType, win: Window, pad: tuple[int, ...], count_include_pad: bool, like: Array
+    xp: ModuleType, axes: tuple[PoolAxis, ...], count_include_pad: bool, like: Array
 ) -> Array | float:
     """1 / (number of elements averaged) per window, torch's rule.
 
@@ -368,7 +539,8 @@ def _inv_counts(
     product of per-axis counts.
     """
     per_axis: list[list[int]] = []
-    for n, k, s, p, m in zip(win.in_size, win.kernel, win.stride, pad, win.out_size, strict=True):
+    for ax in axes:
+        n, k, s, p, m = ax.n, ax.kernel, ax.stride, ax.pad, ax.m
         counts = []
         for j in range(m):
             start = j * s - p
@@ -390,6 +562,15 @@ def _inv_counts(
     return inv
 
 
+def _sum_axis(xp: ModuleType, y3: Array, ax: PoolAxis) -> tuple[Array, None]:
+    outer, _, inner = y3.shape
+    views = _tap_views(_phases(xp, y3, ax, 0.0), ax, outer, inner)
+    total = views[0]
+    for v in views[1:]:
+        total = total + v
+    return total, None
+
+
 def _avg_pool_nd(
     op: str,
     nd: int,
@@ -397,57 +578,30 @@ def _avg_pool_nd(
     kernel_size: Any,
     stride: Any,
     padding: Any,
-    ceil_mode: bool,
-    count_include_pad: bool,
+    ceil_mode: Any,
+    count_include_pad: Any,
 ) -> tuple[Array, AvgPoolCache]:
-    xp, x, unbatched, kernel, stride, pad, dil = _prepare(
-        op, nd, x, kernel_size, stride, padding, 1
-    )
-    ceil_mode = bool_option(op, "ceil_mode", ceil_mode)
+    xp, x, unbatched, axes = _prepare(op, nd, x, kernel_size, stride, padding, 1, ceil_mode)
     count_include_pad = bool_option(op, "count_include_pad", count_include_pad)
-    _check_half_kernel(op, pad, kernel)
-    win = make_window(
-        op,
-        tuple(x.shape[2:]),
-        kernel,
-        stride,
-        dil,
-        pad,
-        pad,
-        ceil_mode=ceil_mode,
-        kernel_name="kernel_size",
-    )
-    xpad = pad_spatial(xp, x, win, 0.0)
-    # A box sum is a sum over the last axis, then the next-to-last, ...: sum(k) - nd adds
-    # instead of prod(k) - 1.
-    total = xpad
-    for axis in reversed(range(nd)):
-        views = [total[_axis_index(win, axis, j)] for j in range(win.kernel[axis])]
-        total = views[0]
-        for v in views[1:]:
-            total = total + v
-    inv = _inv_counts(xp, win, pad, count_include_pad, x)
-    y = total * inv  # a new array even for a 1-element window
-    return _unbatch(y, unbatched), AvgPoolCache(inv, tuple(x.shape), win, unbatched, _like(xp, x))
+    total, _ = _forward_axes(xp, x, axes, _sum_axis)
+    inv = _inv_counts(xp, axes, count_include_pad, x)
+    y = _crop(total, axes) * inv  # a new array even for a 1-element window
+    return _unbatch(y, unbatched), AvgPoolCache(inv, tuple(x.shape), axes, unbatched, _like(xp, x))
 
 
 def _avg_pool_nd_backward(dy: Array, cache: AvgPoolCache, op: str, nd: int) -> tuple[Array]:
     _check_nd(op, cache, nd)
-    inv, x_shape, win, unbatched, like = cache
-    xp, dy = _check_dy(op, dy, x_shape, win, unbatched, like)
-    dy = _batch(xp, dy, unbatched, len(win.in_size), op)
-    g = dy * inv
-    for axis in range(len(win.in_size)):  # undo the per-axis sums, first axis first
-        shape = list(g.shape)
-        shape[2 + axis] = win.padded_size[axis]
-        make = xp.empty if _axis_tiled(win, axis) else xp.zeros
-        buf = make(tuple(shape), dtype=dy.dtype, device=device(dy))
-        for j in range(win.kernel[axis]):
-            at = xpx.at(buf, _axis_index(win, axis, j))
-            buf = at.add(g) if _overlaps_earlier(win, axis, j) else at.set(g)
-        g = buf
-    if win.has_padding:
-        g = g[win.interior_index()]
+    inv, x_shape, axes, unbatched, like = cache
+    xp, dy = _check_dy(op, dy, x_shape, axes, unbatched, like)
+    dy = _batch(xp, dy, unbatched, nd, op)
+
+    def spread(a: int, g: Array, outer: int, inner: int) -> Array:
+        # every tap of a window gets the window's whole (already divided) gradient
+        ax = axes[a]
+        bufs = _collect(xp, [g] * ax.taps, ax, inner, False, _add)
+        return _interleave(xp, bufs, ax, outer, inner)
+
+    g = _backward_axes(xp, _embed(xp, dy * inv, axes), axes, x_shape, spread)
     return (_unbatch(g, unbatched),)
 
 
