@@ -258,12 +258,20 @@ def nonfinite(rng, shape):
     return rng.choice(values, size=shape, p=[0.4, 0.15, 0.05, 0.1, 0.15, 0.15])
 
 
+def nonfinite_grad(rng, shape):
+    """An upstream gradient with some +inf, -inf and NaN entries among normal ones."""
+    dy = rng.standard_normal(shape)
+    spots = rng.choice(dy.size, size=min(dy.size, 3), replace=False)
+    dy.reshape(-1)[spots] = [np.inf, -np.inf, np.nan][: len(spots)]
+    return dy
+
+
 @pytest.mark.parametrize("nd", [1, 2, 3])
 def test_max_pool_routes_as_torch_for_every_window_shape(rng, nd):
     """torch's rule (the loop reference, checked against torch's indices here) on inputs of
-    NaN, -inf masks, +inf and ties, for every kernel, padding, dilation, stride and
-    ceil_mode: the output (NaN where torch has NaN), the argmax and the gradient, float32
-    and float64."""
+    NaN, -inf masks, +inf and ties, and upstream gradients with inf and NaN, for every
+    kernel, padding, dilation, stride and ceil_mode: the output (NaN where torch has NaN),
+    the argmax and the gradient, float32 and float64."""
     torch = pytest.importorskip("torch")
     tmax = getattr(torch.nn.functional, f"max_pool{nd}d")
     spatial, lead = {1: ((7,), (2, 3)), 2: ((6, 5), (2, 2)), 3: ((5, 5, 6), (1, 2))}[nd]
@@ -271,7 +279,7 @@ def test_max_pool_routes_as_torch_for_every_window_shape(rng, nd):
         opts = {"kernel_size": k, "stride": s, "padding": p, "dilation": d, "ceil_mode": ceil}
         x = nonfinite(rng, (*lead, *spatial))
         y_ref, _, _ = ref_max_pool(x, None, k, s, p, d, ceil)
-        dy = rng.standard_normal(y_ref.shape)
+        dy = nonfinite_grad(rng, y_ref.shape)
         _, dx_ref, index = ref_max_pool(x, dy, k, s, p, d, ceil)
         assert (index >= 0).all()  # no window wholly in the padding (torch aborts on those)
         for dt, tol in ((np.float32, 1e-5), (np.float64, 1e-12)):
@@ -298,7 +306,7 @@ def test_max_pool_with_nonfinite_values_matches_numpy_on_every_backend(xp, dtype
         (2, {"stride": 2, "padding": 1, "ceil_mode": True}),
     ):
         y, _, _ = ref_max_pool(x, None, k, **opts)
-        dy = rng.standard_normal(y.shape)
+        dy = nonfinite_grad(rng, y.shape)
         compare_with_numpy(xp, MAX[nd], MAX_BW[nd], [x], {"kernel_size": k, **opts}, dy, name)
 
 
@@ -324,6 +332,24 @@ def test_max_pool_nan_gradient_goes_to_the_last_nan_of_the_window(xp, dtype):
     # window 0 starts with the padding and then a NaN: its last NaN is at 2 (never the pad);
     # the others' last NaN is at 4
     np.testing.assert_array_equal(to_np(dx)[0, 0], [0.0, 0.0, 1.0, 0.0, 110.0, 0.0])
+
+
+def test_max_pool_nonfinite_gradient_reaches_only_its_argmax(xp, dtype):
+    """torch scatters g to the argmax: an inf or NaN g changes that element alone (a mask
+    product would make 0 * inf = NaN of the window's other elements, and warn)."""
+    x = np.arange(36.0).reshape(1, 1, 6, 6)  # each window's max is its last element
+    _, cache = F.max_pool2d(xp.asarray(x, dtype=dtype), 2, 2)
+    dy = np.zeros((1, 1, 3, 3))
+    dy[0, 0, 0, :] = [np.inf, -np.inf, np.nan]
+    (dx,) = F.max_pool2d_backward(xp.asarray(dy, dtype=dtype), cache)
+    expected = np.zeros((6, 6))
+    expected[1, 1], expected[1, 3], expected[1, 5] = np.inf, -np.inf, np.nan
+    np.testing.assert_array_equal(to_np(dx)[0, 0], expected)
+    # overlapping windows whose +inf and -inf meet at one element: NaN, as inf + -inf
+    _, cache = F.max_pool1d(xp.asarray(np.array([[[0.0, 5.0, 0.0]]]), dtype=dtype), 2, 1)
+    dy = xp.asarray(np.array([[[np.inf, -np.inf]]]), dtype=dtype)
+    (dx,) = F.max_pool1d_backward(dy, cache)
+    np.testing.assert_array_equal(to_np(dx)[0, 0], [0.0, np.nan, 0.0])
 
 
 def test_max_pool_window_wholly_in_the_padding_passes_no_gradient(xp):

@@ -396,32 +396,66 @@ def _max_pool_nd(
     )
 
 
+def _or(buf: Array, where: slice, part: Array) -> Array:
+    return xpx.at(buf, where).set(buf[where] | part)
+
+
+def _split_nonfinite(xp: ModuleType, g: Array) -> tuple[Array, Array]:
+    """``g`` (ours to update) with its non-finite entries set to 0, and their classes
+    (int8, 0 where finite): bit 1 for +inf, bit 2 for -inf, both for NaN (what +inf plus
+    -inf gives)."""
+    up = xp.astype(~(g < math.inf), xp.int8)  # +inf or NaN
+    down = xp.astype(~(g > -math.inf), xp.int8)  # -inf or NaN
+    return xpx.at(g, ~xp.isfinite(g)).set(0.0), up + down + down
+
+
+def _restore_nonfinite(xp: ModuleType, buf: Array, classes: Array) -> Array:
+    """Where an element received a non-finite gradient, its IEEE sum: +inf, -inf, or NaN
+    (from a NaN, or from +inf and -inf together)."""
+    for code, value in ((1, math.inf), (2, -math.inf), (3, math.nan)):
+        buf = xpx.at(buf, classes == code).set(value)
+    return buf
+
+
 def _max_pool_nd_backward(dy: Array, cache: MaxPoolCache, op: str, nd: int) -> tuple[Array]:
     _check_nd(op, cache, nd)
     argmax, x_shape, axes, unbatched, like = cache
     xp, dy = _check_dy(op, dy, x_shape, axes, unbatched, like)
     dy = _batch(xp, dy, unbatched, nd, op)
+    # torch scatters each g to its argmax alone. Routing by mask products (below) would
+    # turn an inf or NaN g into NaN over its whole window (0 * inf), so the finite part
+    # of g is routed by value and the non-finite entries by class, a small integer routed
+    # the same way, then written into the gradient on the last axis.
+    g, classes = _split_nonfinite(xp, _embed(xp, dy, axes, copy=True))
 
     def route(a: int, g: Array, outer: int, inner: int) -> Array:
         # Undo the axis-a max: each window's gradient to the tap that won along axis a,
         # then into that tap's phase at its shift, then the phases back into the axis.
-        ax, idx = axes[a], argmax[a]
+        nonlocal classes
+        ax, idx, c = axes[a], argmax[a], classes
         if idx is None:
-            parts, owned = [g], False
+            parts, cparts, owned = [g], [c], False
         else:
             # g * mask, not where(mask, g, 0): the same values for finite g, several times
-            # faster on NumPy; a non-finite g turns the rest of its window NaN, not 0. With
-            # two taps the second takes what is left, exactly g or 0.
-            parts = [g * xp.astype(idx == t, g.dtype) for t in range(max(1, ax.taps - 1))]
+            # faster on NumPy. With two taps the second takes what is left, exactly g or 0.
+            parts, cparts = [], []
+            for t in range(ax.taps if ax.taps > 2 else 1):
+                hit = idx == t
+                parts.append(g * xp.astype(hit, g.dtype))
+                cparts.append(c * xp.astype(hit, c.dtype))
             if ax.taps == 2:
                 parts.append(g - parts[0])
-            else:
-                parts.append(g * xp.astype(idx == ax.taps - 1, g.dtype))
+                cparts.append(c - cparts[0])
             owned = True
         bufs = _collect(xp, parts, ax, inner, owned, _add)
+        cbufs = _collect(xp, cparts, ax, inner, owned, _or)
+        if a == nd - 1:  # the last axis: the phases hold input elements
+            bufs = {r: _restore_nonfinite(xp, bufs[r], cbufs[r]) for r in bufs}
+        else:
+            classes = xp.reshape(_interleave(xp, cbufs, ax, outer, inner), (-1,))
         return _interleave(xp, bufs, ax, outer, inner)
 
-    g = _backward_axes(xp, _embed(xp, dy, axes), axes, x_shape, route)
+    g = _backward_axes(xp, g, axes, x_shape, route)
     return (_unbatch(g, unbatched),)
 
 
@@ -434,8 +468,9 @@ _MAX_DOC = r"""{nd}-d max pooling, torch's ``max_pool{nd}d``.
     competes), the first maximum, so ties go to the first. A NaN makes the output NaN and
     the window's gradient goes to its last NaN. A window whose input elements are all
     -inf (a mask) outputs -inf and routes its gradient to its first input element. The
-    backward routes with a 0/1 mask product, so a non-finite upstream gradient also reaches
-    the window's other elements as NaN.
+    backward sends each upstream gradient to its window's winner alone, as torch's scatter
+    does: an inf or NaN there changes that element only (an element that receives +inf and
+    -inf gets NaN, their sum).
 
     Parameters
     ----------
