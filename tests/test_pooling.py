@@ -97,6 +97,17 @@ def distinct(rng, shape):
     return (rng.permutation(math.prod(shape)).reshape(shape) - 50.0) * 0.01
 
 
+@pytest.fixture
+def torch1():
+    """torch for many tiny calls: one intra-op thread (a thread pool's wake-up costs far
+    more than such an op, and much more on a busy machine), restored afterwards."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(threads)
+
+
 # (nd, spatial, kernel_size, options)
 MAX_CASES = [
     (1, 9, 2, {}),
@@ -230,6 +241,60 @@ def test_pooling_matches_torch(xp, rng, nd, opts):
         np.testing.assert_allclose(to_np(dx), tx.grad.numpy(), rtol=1e-12, atol=1e-14)
 
 
+def _torch_or_none(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError:  # torch's "Output size is too small" and its other refusals
+        return None
+
+
+def test_pooling_keeps_the_windows_torch_keeps(torch1, rng):
+    """torch's output size (pooling_output_shape in ATen's Pool.h: ceil mode rounds up but
+    its last window starts inside the input or its left padding; at least one window) for
+    every 1-d geometry of small sizes, and a few 2-d/3-d ones: the same windows or the same
+    refusal, the same values and gradients. In ceil mode a window may overhang the padded
+    input, a kernel longer than the input: torch keeps it (avg_pool1d over 3 elements with
+    kernel 4 gives one window), and its divisor counts the padding but not the overhang."""
+    tnf = torch1.nn.functional
+    geometries = [
+        (1, (n,), k, s, p, d, ceil)
+        for n, k, s, d, ceil in itertools.product(
+            range(1, 5), range(1, 6), range(1, 4), (1, 2), (False, True)
+        )
+        for p in range(k // 2 + 1)
+    ]
+    geometries += [
+        (2, (3, 5), (4, 2), (4, 2), (2, 1), 1, True),
+        (2, (2, 3), (3, 5), (2, 5), (1, 2), (1, 1), True),
+        (3, (2, 3, 1), (2, 3, 2), 3, (1, 1, 1), (2, 1, 1), True),
+    ]
+    for nd, spatial, k, s, p, d, ceil in geometries:
+        x = rng.standard_normal((2, 2, *spatial))
+        tx = torch1.tensor(x, requires_grad=True)
+        for kind, extra in (("max", {"dilation": d}), ("avg", {"count_include_pad": True})):
+            if kind == "avg" and d not in (1, (1,) * nd):
+                continue
+            for options in (extra, {"count_include_pad": False}) if kind == "avg" else (extra,):
+                opts = {"stride": s, "padding": p, "ceil_mode": ceil, **options}
+                ours = getattr(F, f"{kind}_pool{nd}d")
+                ty = _torch_or_none(getattr(tnf, f"{kind}_pool{nd}d"), tx.detach(), k, **opts)
+                if ty is None:
+                    with pytest.raises(ValueError, match=r"argument 'kernel_size' expected a"):
+                        ours(x, k, **opts)
+                    continue
+                y, cache = ours(x, k, **opts)
+                assert y.shape == tuple(ty.shape), (spatial, k, opts)
+                if kind == "max" and np.isneginf(y).any():
+                    continue  # a window wholly in the padding: torch 2.13 aborts on it
+                ty = getattr(tnf, f"{kind}_pool{nd}d")(tx, k, **opts)
+                dy = rng.standard_normal(y.shape)
+                tx.grad = None
+                ty.backward(torch1.tensor(dy))
+                (dx,) = getattr(F, f"{kind}_pool{nd}d_backward")(dy, cache)
+                np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-14)
+                np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+
 def test_max_pool_ties_match_torch(xp, rng):
     torch = pytest.importorskip("torch")
     x = rng.integers(0, 2, size=(2, 2, 6, 6)).astype(np.float64)
@@ -267,12 +332,12 @@ def nonfinite_grad(rng, shape):
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])
-def test_max_pool_routes_as_torch_for_every_window_shape(rng, nd):
+def test_max_pool_routes_as_torch_for_every_window_shape(torch1, rng, nd):
     """torch's rule (the loop reference, checked against torch's indices here) on inputs of
     NaN, -inf masks, +inf and ties, and upstream gradients with inf and NaN, for every
     kernel, padding, dilation, stride and ceil_mode: the output (NaN where torch has NaN),
     the argmax and the gradient, float32 and float64."""
-    torch = pytest.importorskip("torch")
+    torch = torch1
     tmax = getattr(torch.nn.functional, f"max_pool{nd}d")
     spatial, lead = {1: ((7,), (2, 3)), 2: ((6, 5), (2, 2)), 3: ((5, 5, 6), (1, 2))}[nd]
     for k, s, p, d, ceil in every_window_shape():

@@ -107,10 +107,9 @@ def _prepare(
     if any(n < 1 for n in sizes):
         raise shape_error(op, "x", "spatial sizes >= 1", f"spatial size {sizes}")
     geometry = tuple(zip(sizes, kernel, stride, pad, dil, strict=True))
-    if any(
-        output_size(n, k, s, d, p, p, ceil_mode) < 1 or d * (k - 1) + 1 > n + 2 * p
-        for n, k, s, p, d in geometry
-    ):
+    # torch's rule: at least one window. In ceil mode a window may overhang the padded
+    # input (by up to stride - 1): torch keeps it, and so do we.
+    if any(output_size(n, k, s, d, p, p, ceil_mode) < 1 for n, k, s, p, d in geometry):
         room = " plus stride - 1 (ceil_mode)" if ceil_mode else ""
         raise shape_error(
             op,
