@@ -568,30 +568,34 @@ def _inv_counts(
 ) -> Array | float:
     """1 / (number of elements averaged) per window, torch's rule.
 
-    With ``count_include_pad`` the explicit padding counts but the room ceil mode adds past
+    Window ``w`` spans ``[w*stride - pad, w*stride - pad + kernel)`` clipped at ``n + pad``:
+    with ``count_include_pad`` the explicit padding counts but the room ceil mode adds past
     it does not; without, only input elements count. Windows are boxes, so the count is a
-    product of per-axis counts.
+    product of per-axis counts: a scalar when no window is clipped (decided from the
+    geometry), else per-axis arrays built on the device (no loop over windows).
     """
-    per_axis: list[list[int]] = []
-    for ax in axes:
-        n, k, s, p, m = ax.n, ax.kernel, ax.stride, ax.pad, ax.m
-        counts = []
-        for j in range(m):
-            start = j * s - p
-            end = min(start + k, n + p)
-            counts.append(end - start if count_include_pad else min(end, n) - max(start, 0))
-        per_axis.append(counts)
-    if all(len(set(c)) == 1 for c in per_axis):
-        return 1.0 / math.prod(c[0] for c in per_axis)
-    nd = len(per_axis)
+
+    def count0(ax: PoolAxis) -> int:  # the first window's
+        end = min(ax.kernel - ax.pad, ax.n + ax.pad)
+        return end + ax.pad if count_include_pad else min(end, ax.n)
+
+    def same(ax: PoolAxis) -> bool:  # every window's count is the first one's
+        last_end = (ax.m - 1) * ax.stride - ax.pad + ax.kernel
+        if count_include_pad:
+            return ax.m == 1 or last_end <= ax.n + ax.pad
+        return ax.m == 1 or (ax.pad == 0 and last_end <= ax.n)
+
+    if all(same(ax) for ax in axes):
+        return 1.0 / math.prod(count0(ax) for ax in axes)
+    nd, dev = len(axes), device(like)
     inv = None
-    for axis, counts in enumerate(per_axis):
+    for a, ax in enumerate(axes):
+        start = xp.arange(ax.m, dtype=xp.int64, device=dev) * ax.stride - ax.pad
+        end = xp.minimum(start + ax.kernel, ax.n + ax.pad)
+        count = end - start if count_include_pad else xp.minimum(end, ax.n) - xp.maximum(start, 0)
         shape = [1] * nd
-        shape[axis] = len(counts)
-        v = xp.reshape(
-            xp.asarray([1.0 / c for c in counts], dtype=like.dtype, device=device(like)),
-            tuple(shape),
-        )
+        shape[a] = ax.m
+        v = xp.reshape(1.0 / xp.astype(count, like.dtype), tuple(shape))
         inv = v if inv is None else inv * v
     return inv
 
