@@ -553,6 +553,42 @@ def test_pooling_rejects_bad_input(xp, op, args, match):
         op(xp.asarray(np.ones((1, 2, 5, 5))), **args)
 
 
+def zero_size_shapes(nd):
+    """Batched and unbatched shapes with one or more zero sizes."""
+    s = (4,) * nd
+    return [
+        (0, 3, *s),
+        (2, 0, *s),
+        (0, 0, *s),
+        (0, *s),
+        (2, 3, 0, *s[1:]),
+        (2, 3, *s[1:], 0),
+        (3, *s[1:], 0),
+        (0, 3, 0, *s[1:]),
+    ]
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_pooling_refuses_zero_channels_and_spatial_sizes_as_torch(xp, torch1, nd):
+    """torch pools a batch of 0 (forward and backward) but refuses no channels or an empty
+    spatial axis, batched or not: so do we, for max and average pooling."""
+    for shape in zero_size_shapes(nd):
+        for kind in ("max", "avg"):
+            ours = getattr(F, f"{kind}_pool{nd}d")
+            x = torch1.zeros(shape, requires_grad=True)
+            ty = _torch_or_none(getattr(torch1.nn.functional, f"{kind}_pool{nd}d"), x, 2)
+            if ty is None:
+                match = rf"^{kind}_pool{nd}d: argument 'x' expected non-zero channel and spatial"
+                with pytest.raises(ValueError, match=match):
+                    ours(xp.asarray(np.zeros(shape)), 2)
+                continue
+            assert shape[0] == 0 and 0 not in shape[1:]  # only a batch of 0 passes
+            y, cache = ours(xp.asarray(np.zeros(shape)), 2, 1, 1)
+            assert tuple(y.shape) == (0, shape[1], *(5,) * nd)
+            (dx,) = getattr(F, f"{kind}_pool{nd}d_backward")(xp.zeros(tuple(y.shape)), cache)
+            assert tuple(dx.shape) == shape and dx.dtype == y.dtype
+
+
 def test_pooling_rejects_integer_input_and_bad_grad(xp):
     with pytest.raises(TypeError, match=r"max_pool2d: argument 'x' expected a real floating"):
         F.max_pool2d(xp.asarray(np.ones((1, 1, 4, 4), dtype=np.int64)), 2)
@@ -597,6 +633,25 @@ def test_global_avg_pool_matches_torch_adaptive_pool(xp, rng):
     (dx,) = F.global_avg_pool_backward(xp.asarray(dy), cache)
     np.testing.assert_allclose(to_np(y), ty.detach().numpy(), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(to_np(dx), tx.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_global_avg_pool_and_flatten_take_zero_sizes_as_torch(xp, torch1, nd):
+    """As torch's adaptive_avg_pool{1,2,3}d(x, 1).flatten(1) and flatten: any size may be 0;
+    with no spatial positions the mean is NaN (without a warning) and the gradient empty."""
+    for shape in [s for s in zero_size_shapes(nd) if len(s) == nd + 2]:
+        tx = torch1.zeros(shape, requires_grad=True)
+        pool = getattr(torch1.nn.functional, f"adaptive_avg_pool{nd}d")
+        ty = pool(tx, 1).flatten(1)
+        ty.backward(torch1.ones_like(ty))
+        y, cache = F.global_avg_pool(xp.asarray(np.zeros(shape)))
+        np.testing.assert_array_equal(to_np(y), ty.detach().numpy())
+        (dx,) = F.global_avg_pool_backward(xp.ones(tuple(y.shape), dtype=y.dtype), cache)
+        assert tuple(dx.shape) == shape == tuple(tx.grad.shape)
+        z, fcache = F.flatten(xp.asarray(np.zeros(shape)))
+        assert tuple(z.shape) == tuple(torch1.flatten(tx, 1).shape)
+        (dz,) = F.flatten_backward(xp.zeros(tuple(z.shape)), fcache)
+        assert tuple(dz.shape) == shape
 
 
 @pytest.mark.parametrize(

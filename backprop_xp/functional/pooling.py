@@ -93,6 +93,11 @@ def _prepare(
     unbatched = x.ndim == nd + 1
     if unbatched:
         x = x[None, ...]
+    if x.shape[1] == 0 or 0 in x.shape[2:]:  # torch's rule: only the batch may be empty
+        shape = tuple(x.shape[1:] if unbatched else x.shape)
+        raise shape_error(
+            op, "x", "non-zero channel and spatial sizes (a batch of 0 is fine)", shape
+        )
     kernel = as_tuple(op, "kernel_size", kernel_size, nd, minimum=1)
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         stride = kernel  # torch's default: non-overlapping windows
@@ -104,8 +109,6 @@ def _prepare(
     if any(p > k // 2 for p, k in zip(pad, kernel, strict=True)):
         raise shape_error(op, "padding", f"at most half the kernel size {kernel}", f"{pad}")
     sizes = tuple(x.shape[2:])
-    if any(n < 1 for n in sizes):
-        raise shape_error(op, "x", "spatial sizes >= 1", f"spatial size {sizes}")
     geometry = tuple(zip(sizes, kernel, stride, pad, dil, strict=True))
     # torch's rule: at least one window. In ceil mode a window may overhang the padded
     # input (by up to stride - 1): torch keeps it, and so do we.
@@ -210,7 +213,8 @@ def _collect(
         taps = [t for t in range(ax.taps) if ax.residue(t) == r]
         buf = None
         for t in taps:
-            sigma, part = ax.shift(t) * inner, parts[t]
+            part = parts[t]
+            sigma = min(ax.shift(t) * inner, size)  # (size 0: an empty batch)
             if buf is None and sigma == 0 and (owned or len(taps) == 1):
                 buf = part
             elif buf is None:
@@ -474,6 +478,7 @@ _MAX_DOC = r"""{nd}-d max pooling, torch's ``max_pool{nd}d``.
     Parameters
     ----------
     x : array, shape (N, C, {spatial}) or (C, {spatial})
+        N may be 0; the other sizes not (as in torch).
     kernel_size : int or tuple of {nd} ints
     stride : int or tuple of {nd} ints, optional
         Default ``kernel_size``.
@@ -650,6 +655,7 @@ _AVG_DOC = r"""{nd}-d average pooling, torch's ``avg_pool{nd}d``.
     Parameters
     ----------
     x : array, shape (N, C, {spatial}) or (C, {spatial})
+        N may be 0; the other sizes not (as in torch).
     kernel_size : int or tuple of {nd} ints
     stride : int or tuple of {nd} ints, optional
         Default ``kernel_size``.
@@ -760,6 +766,7 @@ def global_avg_pool(x: Array, /) -> tuple[Array, GlobalAvgPoolCache]:
     Parameters
     ----------
     x : array, shape (N, C, *S), at least one spatial axis
+        Any size may be 0, as in torch: with no spatial positions the mean is NaN.
 
     Returns
     -------
@@ -776,9 +783,10 @@ def global_avg_pool(x: Array, /) -> tuple[Array, GlobalAvgPoolCache]:
         raise shape_error(
             "global_avg_pool", "x", "an array (N, C, *S) with >= 3 axes", tuple(x.shape)
         )
-    return xp.mean(x, axis=tuple(range(2, x.ndim))), GlobalAvgPoolCache(
-        tuple(x.shape), _like(xp, x)
-    )
+    cache = GlobalAvgPoolCache(tuple(x.shape), _like(xp, x))
+    if math.prod(x.shape[2:]) == 0:  # the mean of nothing: NaN, as torch (without a warning)
+        return xp.full(tuple(x.shape[:2]), math.nan, dtype=x.dtype, device=device(x)), cache
+    return xp.mean(x, axis=tuple(range(2, x.ndim))), cache
 
 
 @backward_op(GlobalAvgPoolCache)
@@ -786,8 +794,10 @@ def global_avg_pool_backward(dy: Array, cache: GlobalAvgPoolCache, /) -> tuple[A
     shape = cache.x_shape
     op = "global_avg_pool_backward"
     xp, dy = cotangent_namespace(op, dy, cache.like, shape[:2], cache.like.dtype)
-    nd = len(shape) - 2
-    share = xp.reshape(dy / math.prod(shape[2:]), (*shape[:2], *(1,) * nd))
+    nd, size = len(shape) - 2, math.prod(shape[2:])
+    if size == 0:  # no positions to share g among (and no division by zero)
+        return (xp.zeros(shape, dtype=dy.dtype, device=device(dy)),)
+    share = xp.reshape(dy / size, (*shape[:2], *(1,) * nd))
     # one write of the input-sized result (zeros + share would write it twice)
     return (xp.asarray(xp.broadcast_to(share, shape), copy=True),)
 
