@@ -589,6 +589,79 @@ def test_pooling_refuses_zero_channels_and_spatial_sizes_as_torch(xp, torch1, nd
             assert tuple(dx.shape) == shape and dx.dtype == y.dtype
 
 
+POOLS = [(f"{kind}_pool{nd}d", nd) for kind in ("max", "avg") for nd in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(("name", "nd"), POOLS)
+def test_pooling_refuses_absurd_or_bad_sizes_by_name(xp, name, nd):
+    """One ValueError or TypeError from the op, naming the argument: never a MemoryError,
+    an OverflowError or a library's own error. Sizes must fit torch's C int."""
+    op = getattr(F, name)
+    x = xp.asarray(np.ones((1, 2, *(5,) * nd)))
+    huge, limit = 10**12, "sizes at most 2147483647"
+    bad_values = [
+        ({"kernel_size": huge}, "kernel_size", limit),
+        ({"kernel_size": huge, "padding": huge // 2, "ceil_mode": True}, "kernel_size", limit),
+        ({"kernel_size": 2**31, "ceil_mode": True}, "kernel_size", limit),
+        ({"kernel_size": 2, "stride": huge}, "stride", limit),
+        ({"kernel_size": 3, "padding": huge}, "padding", limit),
+        ({"kernel_size": 0}, "kernel_size", "positive sizes"),
+        ({"kernel_size": -3}, "kernel_size", "positive sizes"),
+        ({"kernel_size": 2, "stride": 0}, "stride", "positive sizes"),
+        ({"kernel_size": 2, "stride": -1}, "stride", "positive sizes"),
+        ({"kernel_size": 2, "padding": -1}, "padding", ">= 0 sizes"),
+        ({"kernel_size": 2**30, "padding": 2**29 + 1}, "padding", "at most half"),
+        ({"kernel_size": 2**30}, "kernel_size", "a kernel extent"),  # no window
+        ({"kernel_size": [2] * (nd + 1)}, "kernel_size", f"an int or a tuple of {nd} ints"),
+        ({"kernel_size": ()}, "kernel_size", f"an int or a tuple of {nd} ints"),
+    ]
+    if name.startswith("max"):
+        bad_values += [
+            ({"kernel_size": 2, "dilation": huge}, "dilation", limit),
+            ({"kernel_size": 2, "dilation": 0}, "dilation", "positive sizes"),
+            ({"kernel_size": 2, "dilation": 10**6}, "kernel_size", "a kernel extent"),
+        ]
+    for kwargs, arg, what in bad_values:
+        with pytest.raises(ValueError, match=rf"^{name}: argument '{arg}' expected {what}"):
+            op(x, **kwargs)
+    bad_types = [
+        ({"kernel_size": None}, "kernel_size"),
+        ({"kernel_size": "2"}, "kernel_size"),
+        ({"kernel_size": 2.0}, "kernel_size"),
+        ({"kernel_size": True}, "kernel_size"),
+        ({"kernel_size": (2, None, 2)[:nd]}, "kernel_size"),
+        ({"kernel_size": 2, "stride": "1"}, "stride"),
+        ({"kernel_size": 2, "padding": "same"}, "padding"),
+    ]
+    for kwargs, arg in bad_types:
+        if nd == 1 and kwargs["kernel_size"] == (2,):
+            continue
+        with pytest.raises(TypeError, match=rf"^{name}: argument '{arg}' expected an int"):
+            op(x, **kwargs)
+
+
+def test_pooling_with_huge_but_valid_sizes_matches_torch(torch1):
+    """Within torch's int range, a huge kernel, stride or padding works and is cheap: only
+    the kernel offsets that reach the input are visited and buffered."""
+    x = np.arange(5.0).reshape(1, 1, 5)
+    tx = torch1.tensor(x, requires_grad=True)
+    for kind, k, s, p, ceil in [
+        ("avg", 10**9, None, 0, True),  # one window over the whole input
+        ("max", 10**6, None, 0, True),
+        ("max", 2 * 10**6, 10**6, 10**6, True),  # two windows a million apart
+        ("avg", 2 * 10**6, 10**6, 10**6, True),
+        ("max", 2, 10**9, 0, False),
+        ("avg", 3, 2**31 - 1, 1, True),
+    ]:
+        ty = getattr(torch1.nn.functional, f"{kind}_pool1d")(tx, k, s, p, ceil_mode=ceil)
+        tx.grad = None
+        ty.backward(torch1.ones_like(ty))
+        y, cache = getattr(F, f"{kind}_pool1d")(x, k, s, p, ceil_mode=ceil)
+        (dx,) = getattr(F, f"{kind}_pool1d_backward")(np.ones(y.shape), cache)
+        np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-12)
+
+
 def test_pooling_rejects_integer_input_and_bad_grad(xp):
     with pytest.raises(TypeError, match=r"max_pool2d: argument 'x' expected a real floating"):
         F.max_pool2d(xp.asarray(np.ones((1, 1, 4, 4), dtype=np.int64)), 2)

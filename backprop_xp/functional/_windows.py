@@ -24,8 +24,11 @@ from ._validation import shape_error
 Array = Any
 
 
-def as_tuple(op: str, name: str, value: object, nd: int, *, minimum: int) -> tuple[int, ...]:
-    """``value`` (an int, or a tuple of 1 or ``nd`` ints) as ``nd`` ints, each ``>= minimum``."""
+def as_tuple(
+    op: str, name: str, value: object, nd: int, *, minimum: int, maximum: int | None = None
+) -> tuple[int, ...]:
+    """``value`` (an int, or a tuple of 1 or ``nd`` ints) as ``nd`` ints, each ``>= minimum``
+    (and ``<= maximum`` where given)."""
     items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
     try:
         if any(isinstance(v, bool) for v in items):
@@ -42,6 +45,8 @@ def as_tuple(op: str, name: str, value: object, nd: int, *, minimum: int) -> tup
     if any(v < minimum for v in ints):
         what = "positive" if minimum == 1 else f">= {minimum}"
         raise shape_error(op, name, f"{what} sizes", repr(value))
+    if maximum is not None and any(v > maximum for v in ints):
+        raise shape_error(op, name, f"sizes at most {maximum}", repr(value))
     return ints
 
 

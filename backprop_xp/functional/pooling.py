@@ -73,6 +73,8 @@ __all__ = [
 
 Array = Any
 
+_INT_MAX = 2**31 - 1
+
 
 def _prepare(
     op: str,
@@ -98,12 +100,15 @@ def _prepare(
         raise shape_error(
             op, "x", "non-zero channel and spatial sizes (a batch of 0 is fine)", shape
         )
-    kernel = as_tuple(op, "kernel_size", kernel_size, nd, minimum=1)
+    # Sizes in torch's C int range (avg_pool refuses larger ones; max_pool loops over
+    # a kernel of 10**12). Within it the taps keep every buffer and loop the size of the
+    # input the windows cover, however large the kernel, stride or padding.
+    kernel = as_tuple(op, "kernel_size", kernel_size, nd, minimum=1, maximum=_INT_MAX)
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         stride = kernel  # torch's default: non-overlapping windows
-    stride = as_tuple(op, "stride", stride, nd, minimum=1)
-    pad = as_tuple(op, "padding", padding, nd, minimum=0)
-    dil = as_tuple(op, "dilation", dilation, nd, minimum=1)
+    stride = as_tuple(op, "stride", stride, nd, minimum=1, maximum=_INT_MAX)
+    pad = as_tuple(op, "padding", padding, nd, minimum=0, maximum=_INT_MAX)
+    dil = as_tuple(op, "dilation", dilation, nd, minimum=1, maximum=_INT_MAX)
     ceil_mode = bool_option(op, "ceil_mode", ceil_mode)
     # torch's rule, on the kernel size without dilation: padding <= kernel_size // 2
     if any(p > k // 2 for p, k in zip(pad, kernel, strict=True)):
