@@ -9,6 +9,7 @@ offsets only; everything per pixel or per batch item is one array operation on s
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 from collections.abc import Iterator, Sequence
@@ -187,11 +188,11 @@ class PoolAxis:
     def taps(self) -> int:
         return len(self.base)
 
-    @property
+    @functools.cached_property
     def q0(self) -> int:
         return min(b // self.stride for b in self.base)
 
-    @property
+    @functools.cached_property
     def rows(self) -> int:
         """Rows per phase: the ``m`` windows plus the spread of the taps' shifts."""
         return self.m + max(b // self.stride for b in self.base) - self.q0
@@ -202,7 +203,7 @@ class PoolAxis:
     def shift(self, t: int) -> int:
         return self.base[t] // self.stride - self.q0
 
-    @property
+    @functools.cached_property
     def residues(self) -> tuple[int, ...]:
         """The phases some tap reads, in increasing order."""
         return tuple(sorted({self.residue(t) for t in range(self.taps)}))
@@ -214,10 +215,6 @@ class PoolAxis:
         u0 = max(0, q0)
         u1 = min(-(-(self.n - r) // s), q0 + self.rows)
         return u0, max(u0, u1)
-
-    @property
-    def contiguous_taps(self) -> bool:
-        return self.base[-1] - self.base[0] == (self.taps - 1) * self.dilation
 
     @property
     def left_windows(self) -> int:

@@ -182,11 +182,11 @@ def _phases(xp: ModuleType, y3: Array, ax: PoolAxis, fill: float) -> dict[int, A
         lo, hi = (u0 - q0, u1 - q0) if u1 > u0 else (0, 0)
         if u1 > u0:
             part = y3[:, r + u0 * s : r + (u1 - 1) * s + 1 : s, :]
-            buf = xpx.at(buf, (slice(0, outer), slice(lo, hi), slice(None))).set(part)
+            buf = xpx.at(buf, (slice(0, outer), slice(lo, hi), slice(None))).set(part, xp=xp)
         for pad in (slice(0, lo), slice(hi, rows)):
             if pad.stop > pad.start:
-                buf = xpx.at(buf, (slice(0, outer), pad, slice(None))).set(fill)
-        buf = xpx.at(buf, (outer, Ellipsis)).set(fill)
+                buf = xpx.at(buf, (slice(0, outer), pad, slice(None))).set(fill, xp=xp)
+        buf = xpx.at(buf, (outer, Ellipsis)).set(fill, xp=xp)
         out[r] = xp.reshape(buf, (-1,))
     return out
 
@@ -224,7 +224,7 @@ def _collect(
                 buf = part
             elif buf is None:
                 buf = xp.zeros((size,), dtype=part.dtype, device=device(part))
-                buf = xpx.at(buf, slice(sigma, size)).set(part[: size - sigma])
+                buf = xpx.at(buf, slice(sigma, size)).set(part[: size - sigma], xp=xp)
             else:
                 # the cut-off end of the part is its last block's junk rows: zeros
                 buf = combine(buf, slice(sigma, size), part[: size - sigma])
@@ -249,7 +249,7 @@ def _interleave(
         if u1 > u0:
             part = xp.reshape(buf, (outer, rows, inner))[:, u0 - q0 : u1 - q0, :]
             rows_r = slice(r + u0 * s, r + (u1 - 1) * s + 1, s)
-            out = xpx.at(out, (slice(None), rows_r, slice(None))).set(part)
+            out = xpx.at(out, (slice(None), rows_r, slice(None))).set(part, xp=xp)
     return out
 
 
@@ -288,7 +288,7 @@ def _embed(xp: ModuleType, g: Array, axes: tuple[PoolAxis, ...], copy: bool = Fa
     rows = tuple(ax.rows for ax in axes)
     if rows != tuple(ax.m for ax in axes):
         buf = xp.zeros((*g.shape[:2], *rows), dtype=g.dtype, device=device(g))
-        g = xpx.at(buf, (Ellipsis, *[slice(0, ax.m) for ax in axes])).set(g)
+        g = xpx.at(buf, (Ellipsis, *[slice(0, ax.m) for ax in axes])).set(g, xp=xp)
     elif copy:
         g = xp.asarray(g, copy=True)
     return xp.reshape(g, (-1,))
@@ -327,8 +327,8 @@ def _check_nd(op: str, cache: MaxPoolCache | AvgPoolCache, nd: int) -> None:
 
 
 class MaxPoolCache(NamedTuple):
-    # Per spatial axis, which tap won along that axis (None where the axis has one tap), in
-    # the junk layout of that axis's output.
+    # Per spatial axis, which tap won along that axis (a small int; a bool, the second, for
+    # two taps; None for one), in the junk layout of that axis's output.
     argmax: tuple[Array | None, ...]
     x_shape: tuple[int, ...]
     axes: tuple[PoolAxis, ...]
@@ -367,9 +367,12 @@ def _max_axis(xp: ModuleType, y3: Array, ax: PoolAxis) -> tuple[Array, Array | N
     # none below it), plus, in a NaN window, the number of taps before its last NaN
     # (those with a NaN after them). Counted with compare/and/or/add: where() on a
     # data-dependent mask is several times slower on NumPy (branch mispredictions).
+    # (With two taps the winner is kept as a bool: the second won.)
     idt = _index_dtype(xp, k)
     below = views[0] < y
-    idx = xp.astype(below | nan_after[0], idt)
+    idx = below | nan_after[0]
+    if k > 2:
+        idx = xp.astype(idx, idt)
     for t in range(1, k - 1):
         below = below & (views[t] < y)
         idx = idx + xp.astype(below | nan_after[t], idt)
@@ -380,8 +383,8 @@ def _max_axis(xp: ModuleType, y3: Array, ax: PoolAxis) -> tuple[Array, Array | N
         idx3 = xp.reshape(idx, (outer, ax.rows, inner))
         first = xp.reshape(_first_taps(xp, ax, idt, device(idx)), (1, w0, 1))
         left = (slice(None), slice(0, w0), slice(None))
-        idx3 = xpx.at(idx3, left).set(xp.maximum(idx3[left], first))
-        idx = xp.reshape(idx3, (-1,))
+        clamped = idx3[left] | (first > 0) if k == 2 else xp.maximum(idx3[left], first)
+        idx = xp.reshape(xpx.at(idx3, left).set(clamped, xp=xp), (-1,))
     return y, idx
 
 
@@ -414,14 +417,15 @@ def _split_nonfinite(xp: ModuleType, g: Array) -> tuple[Array, Array]:
     -inf gives)."""
     up = xp.astype(~(g < math.inf), xp.int8)  # +inf or NaN
     down = xp.astype(~(g > -math.inf), xp.int8)  # -inf or NaN
-    return xpx.at(g, ~xp.isfinite(g)).set(0.0), up + down + down
+    classes = up + down + down
+    return xpx.at(g, classes != 0).set(0.0, xp=xp), classes
 
 
 def _restore_nonfinite(xp: ModuleType, buf: Array, classes: Array) -> Array:
     """Where an element received a non-finite gradient, its IEEE sum: +inf, -inf, or NaN
     (from a NaN, or from +inf and -inf together)."""
     for code, value in ((1, math.inf), (2, -math.inf), (3, math.nan)):
-        buf = xpx.at(buf, classes == code).set(value)
+        buf = xpx.at(buf, classes == code).set(value, xp=xp)
     return buf
 
 
@@ -445,15 +449,16 @@ def _max_pool_nd_backward(dy: Array, cache: MaxPoolCache, op: str, nd: int) -> t
             parts, cparts, owned = [g], [c], False
         else:
             # g * mask, not where(mask, g, 0): the same values for finite g, several times
-            # faster on NumPy. With two taps the second takes what is left, exactly g or 0.
+            # faster on NumPy. With two taps (idx: whether the second won) the first takes
+            # what is left, exactly g or 0.
             parts, cparts = [], []
-            for t in range(ax.taps if ax.taps > 2 else 1):
+            for t in range(ax.taps) if ax.taps > 2 else ():
                 hit = idx == t
                 parts.append(g * xp.astype(hit, g.dtype))
                 cparts.append(c * xp.astype(hit, c.dtype))
             if ax.taps == 2:
-                parts.append(g - parts[0])
-                cparts.append(c - cparts[0])
+                second, csecond = g * xp.astype(idx, g.dtype), c * xp.astype(idx, c.dtype)
+                parts, cparts = [g - second, second], [c - csecond, csecond]
             owned = True
         bufs = _collect(xp, parts, ax, inner, owned, _add)
         cbufs = _collect(xp, cparts, ax, inner, owned, _or)
