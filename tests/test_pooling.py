@@ -378,6 +378,28 @@ def test_max_pool_routes_as_torch_for_every_window_shape(torch1, rng, nd):
             np.testing.assert_allclose(dx, dx_ref, tol, tol, err_msg=f"{opts}")
 
 
+def test_max_pool_long_kernels_route_as_torch(torch1, rng):
+    """Kernels of more than 8 taps along an axis (NaNs counted as they come rather than
+    kept per tap), with -inf masks, NaNs, ties and non-finite gradients, against torch."""
+    tnf = torch1.nn.functional
+    for nd, spatial, k, s, p, d, ceil in [
+        (1, (40,), 9, 1, 4, 1, False),
+        (1, (40,), 12, 5, 6, 2, True),
+        (1, (33,), 10, 3, 3, 3, True),
+        (2, (13, 20), (3, 11), (2, 4), (1, 5), 1, True),
+    ]:
+        x = nonfinite(rng, (2, 3, *spatial))
+        opts = {"stride": s, "padding": p, "dilation": d, "ceil_mode": ceil}
+        tx = torch1.tensor(x, requires_grad=True)
+        ty = getattr(tnf, f"max_pool{nd}d")(tx, k, **opts)
+        dy = nonfinite_grad(rng, tuple(ty.shape))
+        ty.backward(torch1.tensor(dy))
+        y, cache = MAX[nd](x, k, **opts)
+        (dx,) = MAX_BW[nd](dy, cache)
+        np.testing.assert_array_equal(y, ty.detach().numpy(), err_msg=f"{k} {opts}")
+        np.testing.assert_allclose(dx, tx.grad.numpy(), 1e-12, 1e-12, err_msg=f"{k} {opts}")
+
+
 @pytest.mark.parametrize("nd", [1, 2, 3])
 def test_max_pool_with_nonfinite_values_matches_numpy_on_every_backend(xp, dtype, rng, nd):
     name = "float64" if "64" in str(dtype) else "float32"

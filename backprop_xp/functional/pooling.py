@@ -100,9 +100,9 @@ def _prepare(
         raise shape_error(
             op, "x", "non-zero channel and spatial sizes (a batch of 0 is fine)", shape
         )
-    # Sizes in torch's C int range (avg_pool refuses larger ones; max_pool loops over
-    # a kernel of 10**12). Within it the taps keep every buffer and loop the size of the
-    # input the windows cover, however large the kernel, stride or padding.
+    # Sizes in torch's C int range (its avg_pool refuses larger ones, its max_pool spins
+    # on a kernel of 10**12). Within it the taps keep every buffer and loop the size of
+    # the input the windows cover, however large the kernel, stride or padding.
     kernel = as_tuple(op, "kernel_size", kernel_size, nd, minimum=1, maximum=_INT_MAX)
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         stride = kernel  # torch's default: non-overlapping windows
@@ -359,23 +359,32 @@ def _max_axis(xp: ModuleType, y3: Array, ax: PoolAxis) -> tuple[Array, Array | N
         return views[0], None
     # The maximum from the last tap back: the running value is the max of taps t.., NaN
     # when a NaN is among them (Array API maximum propagates NaN).
-    y, nan_after = views[-1], [None] * (k - 1)
-    for t in reversed(range(k - 1)):
-        nan_after[t] = xp.isnan(y)
-        y = xp.maximum(views[t], y)
     # Winner: the number of leading taps below the max (the first maximum: a NaN max has
     # none below it), plus, in a NaN window, the number of taps before its last NaN
     # (those with a NaN after them). Counted with compare/and/or/add: where() on a
-    # data-dependent mask is several times slower on NumPy (branch mispredictions).
+    # data-dependent mask is several times slower on NumPy (branch mispredictions). The
+    # NaN flags of up to 8 taps are kept (booleans); past that they are counted as they
+    # come (an operation more per tap, but one array instead of one per tap).
     # (With two taps the winner is kept as a bool: the second won.)
     idt = _index_dtype(xp, k)
+    keep = k <= 8
+    y, nan_after, nans = views[-1], [None] * (k - 1), None
+    for t in reversed(range(k - 1)):
+        nan_t = xp.isnan(y)
+        if keep:
+            nan_after[t] = nan_t
+        else:
+            nans = xp.astype(nan_t, idt) if nans is None else nans + xp.astype(nan_t, idt)
+        y = xp.maximum(views[t], y)
     below = views[0] < y
-    idx = below | nan_after[0]
+    idx = below | nan_after[0] if keep else below
     if k > 2:
         idx = xp.astype(idx, idt)
     for t in range(1, k - 1):
         below = below & (views[t] < y)
-        idx = idx + xp.astype(below | nan_after[t], idt)
+        idx = idx + xp.astype(below | nan_after[t] if keep else below, idt)
+    if nans is not None:
+        idx = idx + nans
     w0 = ax.left_windows
     if w0:
         # a window that starts in the padding and whose input elements are all -inf: the
