@@ -660,3 +660,15 @@ def test_mse_loss_matches_numpy(xp, dtype, rng):
 def test_mse_loss_bad_inputs(xp):
     with pytest.raises(ValueError, match=r"mse_loss: argument 'target' expected input's shape"):
         F.mse_loss(xp.asarray(np.zeros(3)), xp.asarray(np.zeros(4)))
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (0,), (2, 0, 4)])
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_cross_entropy_refuses_zero_classes(xp, shape, probabilities):
+    """No class to pick: torch calls every index out of range; the op says why, before any
+    reduction over the empty class axis."""
+    x = xp.asarray(np.zeros(shape))
+    tshape = shape if probabilities else (shape[:1] + shape[2:] if len(shape) > 1 else ())
+    t = xp.asarray(np.zeros(tshape)) if probabilities else xp.asarray(np.zeros(tshape, np.int64))
+    with pytest.raises(ValueError, match=r"^cross_entropy: argument 'input' expected at least one"):
+        F.cross_entropy(x, t)

@@ -172,6 +172,8 @@ def cross_entropy(
     ignore_index = int_option(op, "ignore_index", ignore_index)
     if input.ndim == 0:
         raise shape_error(op, "input", "shape (N, C), (N, C, d1, ...) or (C,)", "shape ()")
+    if input.shape[0 if input.ndim == 1 else 1] == 0:  # torch: every target is out of range
+        raise shape_error(op, "input", "at least one class (C >= 1)", f"shape {tuple(input.shape)}")
     unbatched = input.ndim == 1
     if unbatched and tuple(target.shape) not in ((), tuple(input.shape)):
         raise shape_error(
