@@ -38,6 +38,9 @@ class OpCase:
     optional: tuple[str, ...] = ()
     keyword: tuple[str, ...] = ()  # arrays passed by keyword (after the options in order)
     tuple_out: bool = False  # the forward returns a tuple; the backward takes one
+    # non-array positional arguments between the arrays, (position, value): layer_norm's
+    # normalized_shape, group_norm's num_groups; ``build`` gives the arrays only
+    fixed: tuple[tuple[int, Any], ...] = ()
 
 
 def _f(*shape: int) -> Callable[[np.random.Generator], np.ndarray]:
@@ -149,6 +152,34 @@ OPS: dict[str, OpCase] = {
         optional=("b_ih", "b_hh"),
         tuple_out=True,
     ),
+    # evaluation mode (the default): one output; the training tuple is tests/test_normalization.py's
+    "batch_norm": OpCase(
+        _build(_f(3, 4, 2), _f(4), lambda r: r.random(4) + 0.5, _f(4), _f(4)),
+        ("x", "running_mean", "running_var", "weight", "bias"),
+        {"training": Opt("bool", True), "momentum": Opt("real", 0.2), "eps": Opt("real", 1e-3)},
+        optional=("running_mean", "running_var", "weight", "bias"),
+    ),
+    "layer_norm": OpCase(
+        _build(_f(3, 4), _f(4), _f(4)),
+        ("x", "weight", "bias"),
+        {"eps": Opt("real", 1e-3)},
+        optional=("weight", "bias"),
+        fixed=((1, (4,)),),
+    ),
+    "group_norm": OpCase(
+        _build(_f(2, 4, 3), _f(4), _f(4)),
+        ("x", "weight", "bias"),
+        {"eps": Opt("real", 1e-3)},
+        optional=("weight", "bias"),
+        fixed=((1, 2),),
+    ),
+    "rms_norm": OpCase(
+        _build(_f(3, 4), _f(4)),
+        ("x", "weight"),
+        {"eps": Opt("real", 1e-3, valid=(None,))},  # None: finfo(x.dtype).eps
+        optional=("weight",),
+        fixed=((1, (4,)),),
+    ),
 }
 
 # Public names of F that are not ops of the table (settings, not forward/backward pairs).
@@ -177,6 +208,9 @@ def inputs(xp: Any, name: str, rng: np.random.Generator, dtype: str = "float64")
 def call(name: str, args: list[Any], **options: Any) -> tuple[Any, Any]:
     """``F.<name>`` on ``args`` (as :func:`inputs` gives them: the keyword arrays last)."""
     keyword = OPS[name].keyword
+    args = list(args)
+    for position, value in OPS[name].fixed:
+        args.insert(position, value)
     if keyword:
         options = {**dict(zip(keyword, args[-len(keyword) :], strict=True)), **options}
         args = args[: -len(keyword)]
