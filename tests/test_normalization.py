@@ -1,4 +1,4 @@
-"""batch_norm, layer_norm, group_norm, rms_norm."""
+"""batch_norm, layer_norm, group_norm, rms_norm and their layers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 from helpers import compare_with_numpy, to_np
 
 from backprop_xp import functional as F
+from backprop_xp import nn
+from backprop_xp.backend import library_name
 from backprop_xp.testing import assert_close, gradcheck
 
 try:
@@ -660,3 +662,147 @@ def test_non_finite_values_propagate_as_torch(rng, case):  # fmt: skip
     np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
     np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(np.isfinite(grads[0]), np.isfinite(ts[0].grad.numpy()))
+
+
+# -- layers -----------------------------------------------------------------------------------
+
+LAYERS = [
+    ("BatchNorm1d(3)", (5, 3)),
+    ("BatchNorm1d(3, momentum=None)", (4, 3, 6)),
+    ("BatchNorm2d(3, momentum=0.3, eps=1e-3)", (4, 3, 4, 5)),
+    ("BatchNorm2d(3, affine=False)", (4, 3, 2, 2)),
+    ("BatchNorm2d(3, momentum=None, bias=False)", (4, 3, 2, 2)),
+    ("BatchNorm3d(3, track_running_stats=False)", (2, 3, 2, 3, 2)),
+    ("LayerNorm(6)", (3, 4, 6)),
+    ("LayerNorm((4, 6), bias=False)", (3, 4, 6)),
+    ("LayerNorm(6, elementwise_affine=False)", (3, 4, 6)),
+    ("GroupNorm(2, 4)", (3, 4, 5)),
+    ("GroupNorm(4, 4, affine=False)", (3, 4, 5)),
+    ("GroupNorm(1, 4, eps=1e-3, bias=False)", (3, 4, 2, 2)),
+    ("RMSNorm(6)", (3, 4, 6)),
+    ("RMSNorm([4, 6], eps=1e-3, elementwise_affine=False)", (3, 4, 6)),
+]
+
+
+@needs_torch
+@pytest.mark.parametrize(("spec", "shape"), LAYERS)
+def test_layers_match_torch_in_train_and_eval_over_steps(rng, spec, shape):
+    ours = eval(f"nn.{spec}").to("numpy", dtype="float64")
+    theirs = eval(f"torch.nn.{spec}").double()
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    # perturbed parameters and buffers, loaded into torch's module
+    for k, v in ours.state_dict().items():
+        if np.issubdtype(np.asarray(v).dtype, np.floating):
+            ours.load_state_dict({**ours.state_dict(), k: v + 0.3 * rng.random(v.shape)})
+    theirs.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in ours.state_dict().items()})
+    for step, training in enumerate([True, True, True, False, True, False]):
+        ours.train(training)
+        theirs.train(training)
+        x = rng.standard_normal(shape) * 2 + step
+        dy = rng.standard_normal(shape)
+        before = {k: np.array(v, copy=True) for k, v in ours.state_dict().items()}
+        y, backprop = ours(x)
+        after_forward = {k: np.array(v, copy=True) for k, v in ours.state_dict().items()}
+        xt = torch.tensor(x, requires_grad=True)
+        yt = theirs(xt)
+        yt.backward(torch.tensor(dy))
+        dx = backprop(dy)
+        np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+        for (name, p), tp in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+            np.testing.assert_allclose(
+                p.grad, tp.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name
+            )
+        state = ours.state_dict()
+        for k, v in theirs.state_dict().items():  # buffers after the update
+            np.testing.assert_allclose(
+                np.asarray(state[k]), v.numpy(), rtol=1e-12, atol=1e-14, err_msg=k
+            )
+            np.testing.assert_array_equal(
+                np.asarray(state[k]), after_forward[k]
+            )  # backprop: no change
+            if not training:
+                np.testing.assert_array_equal(np.asarray(state[k]), before[k])
+        ours.zero_grad()
+        theirs.zero_grad()
+    # and torch's trained state back into a fresh layer of ours
+    fresh = eval(f"nn.{spec}").to("numpy", dtype="float64")
+    fresh.load_state_dict(theirs.state_dict())
+    for k, v in fresh.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(v), theirs.state_dict()[k].numpy())
+
+
+def test_batch_norm_layer_buffers(rng):
+    layer = nn.BatchNorm1d(4)
+    assert list(layer.state_dict()) == [
+        "weight",
+        "bias",
+        "running_mean",
+        "running_var",
+        "num_batches_tracked",
+    ]
+    assert layer.num_batches_tracked.dtype == np.int64 and layer.num_batches_tracked.shape == ()
+    old_mean = layer.running_mean
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    y, backprop = layer(x)
+    assert layer.running_mean is not old_mean  # reassigned, the old array untouched
+    np.testing.assert_array_equal(old_mean, 0)
+    assert int(layer.num_batches_tracked) == 1 and isinstance(layer.num_batches_tracked, np.ndarray)
+    backprop(np.ones_like(y))
+    layer.eval()
+    y_eval, _ = layer(x)
+    assert int(layer.num_batches_tracked) == 1
+    assert y_eval.dtype == np.float32
+    layer.to("numpy", dtype="float64")
+    assert layer.running_var.dtype == np.float64 and layer.num_batches_tracked.dtype == np.int64
+    assert nn.BatchNorm2d(3, track_running_stats=False).state_dict().keys() == {"weight", "bias"}
+    assert list(nn.BatchNorm2d(3, affine=False, track_running_stats=False).state_dict()) == []
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: nn.BatchNorm1d(3)(np.ones((2, 3, 4, 5))), r"BatchNorm1d: expected 2D or 3D input \(got 4D input\)"),
+        (lambda: nn.BatchNorm2d(3)(np.ones((2, 3, 4))), r"BatchNorm2d: expected 4D input \(got 3D input\)"),
+        (lambda: nn.BatchNorm3d(3)(np.ones((2, 3, 4))), r"BatchNorm3d: expected 5D input \(got 3D input\)"),
+        (lambda: nn.GroupNorm(3, 4), r"GroupNorm: num_channels \(4\) must be divisible by num_groups \(3\)"),
+        (lambda: nn.BatchNorm1d(3, momentum="0.1"), r"BatchNorm1d: argument 'momentum' expected a real number"),
+        (lambda: nn.BatchNorm1d(3, affine=1), r"BatchNorm1d: argument 'affine' expected a bool"),
+        (lambda: nn.LayerNorm(4.0), r"LayerNorm: argument 'normalized_shape' expected an int"),
+        (lambda: nn.RMSNorm(4, eps="1e-6"), r"RMSNorm: argument 'eps' expected a real number"),
+        (lambda: nn.GroupNorm(2, 4, dtype="int64"), r"GroupNorm: argument 'dtype' expected a real floating"),
+    ],
+)  # fmt: skip
+def test_layer_errors(make, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        make()
+
+
+def test_layers_run_on_every_backend_and_match_numpy(xp, rng):
+    """A few training steps of BatchNorm2d (buffers updated on the backend's device), then
+    the other layers, against the same layers on NumPy."""
+    x = rng.standard_normal((4, 3, 2, 5))
+    for build in (
+        lambda: nn.BatchNorm2d(3, momentum=None),
+        lambda: nn.LayerNorm(5),
+        lambda: nn.GroupNorm(3, 3),
+        lambda: nn.RMSNorm((2, 5)),
+    ):
+        ref, got = build(), build().to(xp._xp, xp.device)
+        for _ in range(2):
+            y_ref, bp_ref = ref(x.astype(np.float32))
+            y, bp = got(xp.asarray(x, dtype=xp.float32))
+            assert library_name(y) == library_name(xp.asarray(np.ones(1)))
+            np.testing.assert_allclose(to_np(y), y_ref, rtol=1e-5, atol=1e-5)
+            dy = np.ones(y_ref.shape, dtype=np.float32)
+            np.testing.assert_allclose(to_np(bp(xp.asarray(dy))), bp_ref(dy), rtol=1e-4, atol=1e-5)
+        for (k, a), (_, b) in zip(got.state_dict().items(), ref.state_dict().items(), strict=True):
+            np.testing.assert_allclose(to_np(a), b, rtol=1e-5, atol=1e-6, err_msg=k)
+        got.eval()
+        ref.eval()
+        np.testing.assert_allclose(
+            to_np(got(xp.asarray(x, dtype=xp.float32))[0]),
+            ref(x.astype(np.float32))[0],
+            rtol=1e-5,
+            atol=1e-5,
+        )
