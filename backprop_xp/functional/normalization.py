@@ -163,13 +163,15 @@ def _trailing(op: str, x: Array, shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 class BatchNormCache(NamedTuple):
-    xhat: Array | None  # training: x normalized by the batch statistics, (N, C, P)
-    x: Array | None  # eval with a weight: the input (N, C, P), for the weight's gradient
-    mean: Array | None  # eval with a weight: the running mean (C,)
-    invstd: Array  # (C,)
-    scale: Array  # (C,): weight * invstd (or invstd), dy's factor in dx
+    # the input (N, C, P) and the statistics it was normalized with (C,); x̂ = (x - mean) ·
+    # invstd is recomputed, as torch does: a cached x̂ would cost a fresh array per forward
+    x: Array  # None in evaluation without a weight (dx = dy · scale needs no x)
+    mean: Array  # None with x
+    invstd: Array
+    scale: Array  # (C,): weight · invstd (or invstd), dy's factor in dx
     shape: tuple[int, ...]  # of x
     dtype: Any  # of x: the gradients' dtype
+    training: bool  # batch statistics (which depend on x) or constants
     has_weight: bool
     has_bias: bool
     tuple_out: bool  # the forward returned (y, new_running_mean, new_running_var)
@@ -287,37 +289,26 @@ def batch_norm(
         y3 = x3 * alpha[:, None]
         y3 += beta[:, None]
         y = _out(xp, xp.reshape(y3, x.shape), x.dtype)
+        keep = w is not None  # the weight's gradient needs x̂
         cache = BatchNormCache(
-            None,
-            x3 if w is not None else None,
-            rm if w is not None else None,
-            invstd,
-            alpha,
-            tuple(x.shape),
-            x.dtype,
-            w is not None,
-            b is not None,
-            False,
-        )
+            x3 if keep else None, rm if keep else None, invstd, alpha, tuple(x.shape),
+            x.dtype, False, w is not None, b is not None, False,
+        )  # fmt: skip
         return y, cache
 
     n = max(M, 1)  # an empty batch: sums of nothing are 0, never 0/0
     mean = _channel_sum(xp, x3) / n
-    xhat = x3 - mean[:, None]
-    var = _channel_dot(xp, xhat, xhat) / n
+    y3 = x3 - mean[:, None]
+    var = _channel_dot(xp, y3, y3) / n
     invstd = 1.0 / xp.sqrt(var + eps)
-    xhat *= invstd[:, None]
-    if w is None:
-        y3 = xhat if b is None else xhat + b[:, None]
-    else:
-        y3 = xhat * w[:, None]
-        if b is not None:
-            y3 += b[:, None]
-    y = _out(xp, xp.reshape(y3, x.shape), x.dtype)
     scale = invstd if w is None else w * invstd
+    y3 *= scale[:, None]  # the centred values become the output in place
+    if b is not None:
+        y3 += b[:, None]
+    y = _out(xp, xp.reshape(y3, x.shape), x.dtype)
     tuple_out = running_mean is not None
     cache = BatchNormCache(
-        xhat, None, None, invstd, scale, tuple(x.shape), x.dtype, w is not None, b is not None,
+        x3, mean, invstd, scale, tuple(x.shape), x.dtype, True, w is not None, b is not None,
         tuple_out,
     )  # fmt: skip
     if not tuple_out:
@@ -344,7 +335,7 @@ def batch_norm_backward(
     (zero gradients). ``dweight``/``dbias`` are None where the forward had no weight/bias.
     """
     op = "batch_norm_backward"
-    xhat, x3, mean, invstd, scale, shape, dtype, has_weight, has_bias, tuple_out = cache
+    x3, mean, invstd, scale, shape, dtype, training, has_weight, has_bias, tuple_out = cache
     C = int(shape[1])
     if tuple_out:
         xp, (dy, d_mean, d_var) = tuple_cotangents(
@@ -368,19 +359,19 @@ def batch_norm_backward(
     dy3 = xp.reshape(_working(xp, dy, wd), (N, C, P))
     dbias = _channel_sum(xp, dy3) if has_bias else None
 
-    if xhat is None:  # evaluation: y = x * scale + const
+    if not training:  # y = x · scale + const
         dweight = None
-        if has_weight and x3 is not None and mean is not None:
-            xc = x3 - mean[:, None]
-            dweight = _channel_dot(xp, dy3, xc) * invstd
+        if has_weight:
+            dweight = _channel_dot(xp, dy3, x3 - mean[:, None]) * invstd
         dx3 = dy3 * scale[:, None]
     else:
         M = max(N * P, 1)
         sum_dy = _channel_sum(xp, dy3) if dbias is None else dbias
-        sum_dy_xhat = _channel_dot(xp, dy3, xhat)
+        dx3 = x3 - mean[:, None]  # x̂ / invstd, and then the result in place
+        sum_dy_xhat = _channel_dot(xp, dy3, dx3) * invstd
         dweight = sum_dy_xhat if has_weight else None
-        # (w σ⁻¹ / M)(M dy − Σdy − x̂ Σdy x̂), grouped so one new array is all it takes
-        dx3 = xhat * (-sum_dy_xhat / M)[:, None]
+        # (w σ⁻¹ / M)(M dy − Σdy − x̂ Σdy x̂) with x̂ = (x − μ) σ⁻¹
+        dx3 *= (-(invstd * sum_dy_xhat) / M)[:, None]
         dx3 -= (sum_dy / M)[:, None]
         dx3 += dy3
         dx3 *= scale[:, None]
