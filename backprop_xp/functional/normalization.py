@@ -87,29 +87,45 @@ def _check_params(
             raise shape_error(op, name, f"shape {shape} ({expected})", f"shape {tuple(a.shape)}")
 
 
-def _normalize_rows(xp: ModuleType, x2: Array, eps: float) -> tuple[Array, Array]:
-    """``(xhat, invstd)`` of the rows of ``x2 (R, D)``: ``xhat`` a new array of rows with mean
-    0 and (biased) variance 1, ``invstd (R, 1)``. Two passes for the moments (the mean first,
-    then the squares of the centred values), so a large mean costs no precision."""
+def _row_moments(xp: ModuleType, x2: Array, eps: float) -> tuple[Array, Array, Array]:
+    """``(mean, invstd, xc)`` of the rows of ``x2 (R, D)``: ``mean`` and ``invstd`` of shape
+    ``(R, 1)``, ``xc = x2 - mean`` a new array (the caller's to turn into the output in place).
+    Two passes for the moments (the mean first, then the squares of the centred values), so
+    a large mean costs no precision."""
     n = max(x2.shape[-1], 1)  # an empty row: sums of nothing are 0, never 0/0
-    xhat = x2 - xp.sum(x2, axis=-1, keepdims=True) / n
-    invstd = 1.0 / xp.sqrt(xp.vecdot(xhat, xhat, axis=-1)[:, None] / n + eps)
+    mean = xp.sum(x2, axis=-1, keepdims=True) / n
+    xc = x2 - mean
+    invstd = 1.0 / xp.sqrt(xp.vecdot(xc, xc, axis=-1)[:, None] / n + eps)
+    return mean, invstd, xc
+
+
+def _xhat(xp: ModuleType, x2: Array, mean: Array, invstd: Array) -> Array:
+    r""":math:`\hat x = (x - \mu)\,\sigma^{-1}` of the rows, recomputed as a new array (the
+    forward keeps ``x``, ``mean`` and ``invstd``, as torch does, not a copy of :math:`\hat x`)."""
+    xhat = x2 - mean
     xhat *= invstd
-    return xhat, invstd
+    return xhat
 
 
-def _rows_backward(xp: ModuleType, g: Array, xhat: Array, invstd: Array) -> Array:
-    r""":math:`\partial L/\partial x = \sigma^{-1}(g - \overline{g} - \hat x\,\overline{g\hat x})`
-    for rows normalized to ``xhat`` with ``invstd (R, 1)``, given ``g`` = dL/dxhat ``(R, D)``.
-    One new array; the means are a row sum and a row dot product."""
+def _rows_dx(
+    xp: ModuleType, xhat: Array, invstd: Array, g: Array, mean_g: Array, mean_gx: Array
+) -> Array:
+    r""":math:`\partial L/\partial x = \sigma^{-1}(g - \overline{g} - \hat x\,\overline{g\hat x})`,
+    written over ``xhat``, the op's own array (its last use): no fresh memory."""
+    xhat *= -mean_gx
+    xhat -= mean_g
+    xhat += g
+    xhat *= invstd
+    return xhat
+
+
+def _row_means(xp: ModuleType, g: Array, xhat: Array) -> tuple[Array, Array]:
+    """Row means of ``g`` and of ``g ⊙ xhat``, ``(R, 1)`` each (a sum and a dot product)."""
     n = max(g.shape[-1], 1)
-    mean_g = xp.sum(g, axis=-1, keepdims=True) / n
-    mean_gx = xp.vecdot(g, xhat, axis=-1)[:, None] / n
-    dx = xhat * (-mean_gx)
-    dx -= mean_g
-    dx += g
-    dx *= invstd
-    return dx
+    return (
+        xp.sum(g, axis=-1, keepdims=True) / n,
+        xp.vecdot(g, xhat, axis=-1)[:, None] / n,
+    )
 
 
 def _overwrite(xp: ModuleType, buffer: Array, value: Array) -> Array:
@@ -384,7 +400,8 @@ def batch_norm_backward(
 
 
 class LayerNormCache(NamedTuple):
-    xhat: Array  # (R, D) in the working dtype
+    x: Array  # (R, D) in the working dtype: x̂ is recomputed from x, mean and invstd
+    mean: Array  # (R, 1)
     invstd: Array  # (R, 1)
     weight: Array | None  # (D,) in the working dtype
     has_bias: bool
@@ -443,41 +460,40 @@ def layer_norm(
     x2 = xp.reshape(_working(xp, x, wd), (R, D))
     w = None if weight is None else xp.reshape(_working(xp, weight, wd), (D,))
     b = None if bias is None else xp.reshape(_working(xp, bias, wd), (D,))
-    xhat, invstd = _normalize_rows(xp, x2, eps)
-    if w is None:
-        y2 = xhat if b is None else xhat + b
-    else:
-        y2 = xhat * w
-        if b is not None:
-            y2 += b
+    mean, invstd, y2 = _row_moments(xp, x2, eps)
+    y2 *= invstd  # the centred values become the output in place
+    if w is not None:
+        y2 *= w
+    if b is not None:
+        y2 += b
     y = _out(xp, xp.reshape(y2, x.shape), x.dtype)
-    return y, LayerNormCache(xhat, invstd, w, b is not None, tuple(x.shape), shape, x.dtype)
+    cache = LayerNormCache(x2, mean, invstd, w, b is not None, tuple(x.shape), shape, x.dtype)
+    return y, cache
 
 
 @backward_op(LayerNormCache)
 def layer_norm_backward(
     dy: Array, cache: LayerNormCache, /
 ) -> tuple[Array, Array | None, Array | None]:
-    xhat, invstd, w, has_bias, shape, normalized_shape, dtype = cache
-    xp, dy = cotangent_namespace("layer_norm_backward", dy, xhat, shape, dtype)
-    dy2 = xp.reshape(_working(xp, dy, xhat.dtype), xhat.shape)
+    x2, mean, invstd, w, has_bias, shape, normalized_shape, dtype = cache
+    xp, dy = cotangent_namespace("layer_norm_backward", dy, x2, shape, dtype)
+    dy2 = xp.reshape(_working(xp, dy, x2.dtype), x2.shape)
     dbias = xp.reshape(xp.sum(dy2, axis=0), normalized_shape) if has_bias else None
+    xhat = _xhat(xp, x2, mean, invstd)
     if w is None:
-        dx, dweight = _rows_backward(xp, dy2, xhat, invstd), None
+        dx = _rows_dx(xp, xhat, invstd, dy2, *_row_means(xp, dy2, xhat))
+        dweight = None
     else:
-        # g = dy ⊙ w is never formed: its row sums are GEMVs, Σ g = dy @ w and
-        # Σ g x̂ = (dy ⊙ x̂) @ w, and dy ⊙ x̂ is the weight's gradient before its column sum
-        n = max(xhat.shape[-1], 1)
+        # g = dy ⊙ w: its row sums are GEMVs, Σ g = dy @ w and Σ g x̂ = (dy ⊙ x̂) @ w, and
+        # dy ⊙ x̂ is the weight's gradient before its column sum
+        n = max(x2.shape[-1], 1)
         p = dy2 * xhat
         dweight = xp.reshape(xp.sum(p, axis=0), normalized_shape)
         mean_gx = xp.matmul(p, w)[:, None] / n
         mean_g = xp.matmul(dy2, w)[:, None] / n
-        t = _overwrite(xp, p, xhat)  # p's memory is free again: no third fresh array
-        t *= -mean_gx
-        t -= mean_g
-        dx = dy2 * w
-        dx += t
-        dx *= invstd
+        g = _overwrite(xp, p, dy2)  # p's memory is free again: g is formed there
+        g *= w
+        dx = _rows_dx(xp, xhat, invstd, g, mean_g, mean_gx)
     return (
         _out(xp, xp.reshape(dx, shape), dtype),
         _out(xp, dweight, dtype),
@@ -490,7 +506,8 @@ def layer_norm_backward(
 
 
 class GroupNormCache(NamedTuple):
-    xhat: Array  # (N·G, D) in the working dtype, D = C/G · P
+    x: Array  # (N·G, D) in the working dtype, D = C/G · P; x̂ is recomputed
+    mean: Array  # (N·G, 1)
     invstd: Array  # (N·G, 1)
     weight: Array | None  # (C,) in the working dtype
     has_bias: bool
@@ -553,34 +570,34 @@ def group_norm(
     wd = _accumulator(xp, x.dtype)
     x2 = xp.reshape(_working(xp, x, wd), (N * G, (C // G) * P))
     w, b = _working(xp, weight, wd), _working(xp, bias, wd)
-    xhat, invstd = _normalize_rows(xp, x2, eps)
-    xhat3 = xp.reshape(xhat, (N, C, P))
-    if w is None:
-        y3 = xhat3 if b is None else xhat3 + b[:, None]
-    else:
-        y3 = xhat3 * w[:, None]
-        if b is not None:
-            y3 += b[:, None]
+    mean, invstd, y2 = _row_moments(xp, x2, eps)
+    y2 *= invstd  # the centred values become the output in place
+    y3 = xp.reshape(y2, (N, C, P))
+    if w is not None:
+        y3 *= w[:, None]
+    if b is not None:
+        y3 += b[:, None]
     y = _out(xp, xp.reshape(y3, x.shape), x.dtype)
-    return y, GroupNormCache(xhat, invstd, w, b is not None, tuple(x.shape), x.dtype)
+    return y, GroupNormCache(x2, mean, invstd, w, b is not None, tuple(x.shape), x.dtype)
 
 
 @backward_op(GroupNormCache)
 def group_norm_backward(
     dy: Array, cache: GroupNormCache, /
 ) -> tuple[Array, Array | None, Array | None]:
-    xhat, invstd, w, has_bias, shape, dtype = cache
-    xp, dy = cotangent_namespace("group_norm_backward", dy, xhat, shape, dtype)
+    x2, mean, invstd, w, has_bias, shape, dtype = cache
+    xp, dy = cotangent_namespace("group_norm_backward", dy, x2, shape, dtype)
     N, C = int(shape[0]), int(shape[1])
     P = math.prod(shape[2:])
-    dy3 = xp.reshape(_working(xp, dy, xhat.dtype), (N, C, P))
+    dy3 = xp.reshape(_working(xp, dy, x2.dtype), (N, C, P))
     dbias = _channel_sum(xp, dy3) if has_bias else None
+    xhat = _xhat(xp, x2, mean, invstd)
     dweight = None
-    g3 = dy3
+    g = xp.reshape(dy3, x2.shape)
     if w is not None:
         dweight = _channel_dot(xp, dy3, xp.reshape(xhat, (N, C, P)))
-        g3 = dy3 * w[:, None]
-    dx = _rows_backward(xp, xp.reshape(g3, xhat.shape), xhat, invstd)
+        g = xp.reshape(dy3 * w[:, None], x2.shape)
+    dx = _rows_dx(xp, xhat, invstd, g, *_row_means(xp, g, xhat))
     return (
         _out(xp, xp.reshape(dx, shape), dtype),
         _out(xp, dweight, dtype),
@@ -662,6 +679,7 @@ def rms_norm_backward(dy: Array, cache: RMSNormCache, /) -> tuple[Array, Array |
     xp, dy = cotangent_namespace("rms_norm_backward", dy, x2, shape, dtype)
     dy2 = xp.reshape(_working(xp, dy, x2.dtype), x2.shape)
     dweight = None
+    p = None
     if w is not None:
         p = dy2 * x2
         p *= rstd
@@ -672,6 +690,11 @@ def rms_norm_backward(dy: Array, cache: RMSNormCache, /) -> tuple[Array, Array |
         g = dy2 * rstd
     # r (g - x̂ mean(g x̂)) = r g - x · r³ mean(g x), with g · r already in `g`
     n = max(x2.shape[-1], 1)
-    t = x2 * (-(rstd * rstd) * xp.vecdot(g, x2, axis=-1)[:, None] / n)
+    coef = -(rstd * rstd) * xp.vecdot(g, x2, axis=-1)[:, None] / n
+    if p is None:
+        t = x2 * coef
+    else:
+        t = _overwrite(xp, p, x2)  # p's memory is free again: no third fresh array
+        t *= coef
     g += t
     return _out(xp, xp.reshape(g, shape), dtype), _out(xp, dweight, dtype)
