@@ -39,6 +39,9 @@ class OpCase:
     keyword: tuple[str, ...] = ()  # arrays passed by keyword (after the options in order)
     tuple_out: bool = False  # the forward returns a tuple; the backward takes one
     fixed: dict[str, Any] = field(default_factory=dict)  # required options every call passes
+    # non-array positional arguments between the arrays, (position, value): layer_norm's
+    # normalized_shape, group_norm's num_groups; ``build`` gives the arrays only
+    positional: tuple[tuple[int, Any], ...] = ()
 
 
 def _f(*shape: int) -> Callable[[np.random.Generator], np.ndarray]:
@@ -180,6 +183,34 @@ OPS: dict[str, OpCase] = {
         optional=("attn_mask",),
         fixed={"seed": 7},
     ),
+    # evaluation mode (the default): one output; the training tuple is tests/test_normalization.py's
+    "batch_norm": OpCase(
+        _build(_f(3, 4, 2), _f(4), lambda r: r.random(4) + 0.5, _f(4), _f(4)),
+        ("x", "running_mean", "running_var", "weight", "bias"),
+        {"training": Opt("bool", True), "momentum": Opt("real", 0.2), "eps": Opt("real", 1e-3)},
+        optional=("running_mean", "running_var", "weight", "bias"),
+    ),
+    "layer_norm": OpCase(
+        _build(_f(3, 4), _f(4), _f(4)),
+        ("x", "weight", "bias"),
+        {"eps": Opt("real", 1e-3)},
+        optional=("weight", "bias"),
+        positional=((1, (4,)),),
+    ),
+    "group_norm": OpCase(
+        _build(_f(2, 4, 3), _f(4), _f(4)),
+        ("x", "weight", "bias"),
+        {"eps": Opt("real", 1e-3)},
+        optional=("weight", "bias"),
+        positional=((1, 2),),
+    ),
+    "rms_norm": OpCase(
+        _build(_f(3, 4), _f(4)),
+        ("x", "weight"),
+        {"eps": Opt("real", 1e-3, valid=(None,))},  # None: finfo(x.dtype).eps
+        optional=("weight",),
+        positional=((1, (4,)),),
+    ),
 }
 
 # Public names of F that are not ops of the table (settings, not forward/backward pairs).
@@ -209,6 +240,9 @@ def call(name: str, args: list[Any], **options: Any) -> tuple[Any, Any]:
     """``F.<name>`` on ``args`` (as :func:`inputs` gives them: the keyword arrays last)."""
     keyword = OPS[name].keyword
     options = {**OPS[name].fixed, **options}
+    args = list(args)
+    for position, value in OPS[name].positional:
+        args.insert(position, value)
     if keyword:
         options = {**dict(zip(keyword, args[-len(keyword) :], strict=True)), **options}
         args = args[: -len(keyword)]
@@ -221,7 +255,10 @@ def run(xp: Any, name: str, rng: np.random.Generator, **options: Any) -> tuple[A
 
 
 def ones_cotangent(xp: Any, name: str, out: Any) -> Any:
-    """A cotangent of ones for ``out`` (a tuple of them for tuple outputs)."""
+    """A cotangent of ones for ``out`` (a tuple of them for tuple outputs; for an op whose
+    extra outputs carry no gradient, batch norm's updated statistics, None for those)."""
     if OPS[name].tuple_out:
         return tuple(xp.ones_like(o) for o in out)
+    if isinstance(out, tuple):
+        return (xp.ones_like(out[0]), *(None,) * (len(out) - 1))
     return xp.ones_like(out)

@@ -23,6 +23,8 @@ from .linear import *  # noqa: F403
 from .linear import __all__ as _linear_all
 from .losses import *  # noqa: F403
 from .losses import __all__ as _losses_all
+from .normalization import *  # noqa: F403
+from .normalization import __all__ as _normalization_all
 from .pooling import *  # noqa: F403
 from .pooling import __all__ as _pooling_all
 from .recurrent import *  # noqa: F403
@@ -38,6 +40,7 @@ __all__ = [
     *_embedding_all,
     *_linear_all,
     *_losses_all,
+    *_normalization_all,
     *_pooling_all,
     *_recurrent_all,
     *_softmax_all,

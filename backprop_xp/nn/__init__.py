@@ -24,6 +24,8 @@ from .layers import __all__ as _layers_all
 from .loss import *  # noqa: F403
 from .loss import __all__ as _loss_all
 from .module import IncompatibleKeys, Module, Parameter, Sequential, StateDictError
+from .normalization import *  # noqa: F403
+from .normalization import __all__ as _normalization_all
 from .recurrent import *  # noqa: F403
 from .recurrent import __all__ as _recurrent_all
 
@@ -38,5 +40,6 @@ __all__ = [
     *_conv_all,
     *_layers_all,
     *_loss_all,
+    *_normalization_all,
     *_recurrent_all,
 ]
