@@ -11,8 +11,8 @@ pip install -q torch==2.13.0 || echo "ci: torch unavailable, the torch backend w
 pip install -q -e ".[examples,dev]"
 
 # Lint and types first: cheap, and a failure here names the file.
-ruff check backprop_xp tests benchmarks examples ci
-ruff format --check backprop_xp tests benchmarks examples ci
+ruff check backprop_xp tests benchmarks examples ci tools
+ruff format --check backprop_xp tests benchmarks examples ci tools
 mypy
 
 # The README's test command, verbatim:
