@@ -1,12 +1,15 @@
-"""Train a small MLP, CNN or RNN on scikit-learn's 8×8 digits with backprop_xp.
+"""Train a small MLP, CNN, RNN or ResNet on scikit-learn's 8×8 digits with backprop_xp.
 
     python examples/train_digits.py                       # CNN on NumPy
     python examples/train_digits.py --model rnn --backend torch
+    python examples/train_digits.py --model resnet        # residual CNN with batch norm
     python examples/train_digits.py --model mlp --backend cupy   # on a CUDA machine
 
 The data (1797 images bundled with scikit-learn, no download) is split once, stratified, into
 1437 training and 360 test images (the split does not depend on ``--seed``). Training prints a
-progress bar with the running loss and accuracy; the last line is ``test accuracy: 0.XXXX``.
+progress bar with the running loss and accuracy; the last line is ``test accuracy: 0.XXXX``,
+measured in eval mode (the ResNet's batch norm on its running statistics, which the
+checkpoint holds beside the weights).
 ``--out`` (default ``runs/digits-<model>-<backend>``) receives ``curves.png`` (loss and
 accuracy per epoch) and ``model.safetensors``, whose metadata records every setting of the run
 (``model``, ``backend``, ``device``, ``epochs``, ``batch_size``, ``lr``, ``seed``, ``limit``,
@@ -55,6 +58,7 @@ DEFAULTS = {
     "mlp": {"epochs": 30, "lr": 3e-3, "batch_size": 32},
     "cnn": {"epochs": 20, "lr": 3e-3, "batch_size": 32},
     "rnn": {"epochs": 40, "lr": 5e-3, "batch_size": 32},
+    "resnet": {"epochs": 10, "lr": 3e-3, "batch_size": 32},
 }
 
 
@@ -227,7 +231,10 @@ def load_data(limit: int | None) -> tuple[np.ndarray, ...]:
 
 
 def evaluate(model: nn.Module, xp: Any, X: Any, y: Any, batch_size: int = 512) -> float:
-    """Accuracy of ``model`` on ``(X, y)`` (one host read at the end)."""
+    """Accuracy of ``model`` on ``(X, y)`` in eval mode (dropout off, batch norm on its
+    running statistics, which these forwards leave alone), one host read at the end; the
+    model's mode is restored afterwards."""
+    was_training = model.training
     model.eval()
     correct = xp.asarray(0, dtype=xp.int64, device=device(X))
     for i in range(0, X.shape[0], batch_size):
@@ -235,7 +242,7 @@ def evaluate(model: nn.Module, xp: Any, X: Any, y: Any, batch_size: int = 512) -
         logits, _ = model(X[i:j, ...])
         pred = xp.argmax(logits, axis=1)
         correct = correct + xp.sum(xp.astype(pred == y[i:j], xp.int64))
-    model.train()
+    model.train(was_training)
     return int(correct) / X.shape[0]
 
 
