@@ -1,11 +1,13 @@
-"""Model family: one training step of the digits CNN (examples/digits_models.py) against the
-same model in torch.
+"""Model family: one training step of the digits CNN and of the digits ResNet
+(examples/digits_models.py) against the same model in torch.
 
 A step is forward, cross-entropy, backward, Adam update, gradients cleared, on the same batch
-(64 images of 8×8), the same initial weights, the same dtype and device. Targets
-(``ms ours / ms torch``): 1.5 on CPU, 2.5 on GPU.
+(64 images of 8×8), the same initial weights, the same dtype and device; both models in
+training mode (the ResNet's batch norm on batch statistics, its running statistics updated
+every step on both sides). Targets (``ms ours / ms torch``): 1.5 on CPU, 2.5 on GPU.
 
     python benchmarks/bench.py --backend numpy --model cnn
+    python benchmarks/bench.py --backend numpy --model resnet
 """
 
 from __future__ import annotations
@@ -28,18 +30,24 @@ def cases(ctx: Context) -> list[Case]:
     except ImportError as e:  # pragma: no cover
         print(f"cases_model: examples/digits_models.py unavailable ({e}); skipped", file=sys.stderr)
         return []
-    return [_cnn_train_step(ctx, build, build_torch, 8 if ctx.quick else 64)]
+    batch = 8 if ctx.quick else 64
+    return [
+        _train_step(ctx, build, build_torch, "cnn", "digits CNN", batch),
+        _train_step(ctx, build, build_torch, "resnet", "digits ResNet (BN)", batch),
+    ]
 
 
-def _cnn_train_step(ctx: Context, build: Any, build_torch: Any, batch: int) -> Case:
+def _train_step(
+    ctx: Context, build: Any, build_torch: Any, name: str, label: str, batch: int
+) -> Case:
     import backprop_xp
     from backprop_xp import nn, optim
 
     torch = ctx.torch
-    model = build("cnn", 0)
+    model = build(name, 0)
     host_state = {k: v.copy() for k, v in model.state_dict().items()}
     model.to(ctx.xp, ctx.device, dtype=ctx.dtype)
-    t_model = build_torch("cnn").to(device=ctx.torch_device, dtype=getattr(torch, ctx.dtype))
+    t_model = build_torch(name).to(device=ctx.torch_device, dtype=getattr(torch, ctx.dtype))
     t_model.load_state_dict({k: torch.from_numpy(v) for k, v in host_state.items()})
 
     x = ctx.rng.random((batch, 8, 8))
@@ -70,9 +78,9 @@ def _cnn_train_step(ctx: Context, build: Any, build_torch: Any, batch: int) -> C
         return loss
 
     return Case(
-        "cnn_train_step",
+        f"{name}_train_step",
         FAMILY,
-        f"digits CNN, batch {batch}, Adam",
+        f"{label}, batch {batch}, Adam",
         ours,
         theirs,
         target_cpu=1.5,
