@@ -97,7 +97,7 @@ if [ -f examples/train_digits.py ]; then
     scratch=$(mktemp -d)
     epochs=()
     [ "$gpu" -eq 1 ] || epochs=(--epochs 1)
-    for model in cnn mlp rnn; do
+    for model in cnn mlp rnn resnet; do
         timeout "$LIMIT_DIGITS" /usr/bin/time -f "$model wall %e s" "$PY" examples/train_digits.py \
             --model "$model" --backend "$ours" "${epochs[@]}" --out "$scratch/digits-$model" 2>&1 |
             grep -E "test accuracy|wall|epoch .*s" | tee -a "$OUT/digits.txt"
