@@ -24,6 +24,7 @@ __all__ = [
     "BackendUnavailableError",
     "available_backends",
     "bfloat16_from_bits",
+    "copysign",
     "default_device",
     "device",
     "get_namespace",
@@ -74,9 +75,16 @@ def _is_array(x: object) -> bool:
     return x is not None and type(x) not in (bool, int, float, complex)
 
 
+# Packages whose arrays belong to another library: a concrete JAX array's type lives in
+# jaxlib, a traced one's in jax; both are "jax".
+_LIBRARY_OF_PACKAGE = {"jaxlib": "jax"}
+
+
 def library_name(x: Array) -> str:
-    """The top-level package an array comes from: ``"numpy"``, ``"torch"``, ``"cupy"``, ..."""
-    return type(x).__module__.partition(".")[0]
+    """The top-level package an array comes from: ``"numpy"``, ``"torch"``, ``"cupy"``,
+    ``"jax"`` (concrete and traced arrays alike), ..."""
+    package = type(x).__module__.partition(".")[0]
+    return _LIBRARY_OF_PACKAGE.get(package, package)
 
 
 def device(x: Array) -> Any:
@@ -223,10 +231,17 @@ def to_numpy(x: Array) -> np.ndarray:
         return x.detach().cpu().numpy()
     if lib == "cupy":
         return x.get()
+    if lib == "ndonnx":  # no DLPack export; asarray would wrap it in an object array
+        return np.asarray(x.unwrap_numpy())
     try:
         return np.from_dlpack(x)
     except Exception:
+        pass
+    try:
         return np.asarray(x)
+    except RuntimeError:  # array-api-strict refuses from its other devices: copy to the default
+        home = array_api_compat.array_namespace(x).__array_namespace_info__().default_device()
+        return np.asarray(x.to_device(home))
 
 
 def to_namespace(x: Array, xp: ModuleType | str, device: Any = None) -> Array:
@@ -280,6 +295,17 @@ def _library_of_namespace(xp: ModuleType) -> str:
     if name.startswith("array_api_compat."):
         name = name[len("array_api_compat.") :]
     return name.partition(".")[0]
+
+
+def copysign(xp: ModuleType, a: Array, b: Array) -> Array:
+    """``xp.copysign(a, b)``: the magnitude of ``a`` with the sign of ``b`` (``-0.0``
+    included). ndonnx has neither ``copysign`` nor ``signbit``; there the sign of a zero is
+    read from ``1 / b`` (``-inf`` for ``-0.0``; ONNX divides by zero without a warning)."""
+    if _library_of_namespace(xp) != "ndonnx":
+        return xp.copysign(a, b)
+    negative = (b < 0) | ((b == 0) & (1 / b < 0))
+    magnitude = xp.abs(a)
+    return xp.where(negative, -magnitude, magnitude)
 
 
 def supports_integer_setitem(xp: ModuleType) -> bool:

@@ -281,7 +281,7 @@ def test_cross_entropy_narrow_integer_targets(xp, rng, tdtype):
 def test_float16_means_accumulate_in_float32(xp, op):
     """As torch: a float16 mean over more than 65504 elements, or a sum past float16's
     range before the division, still gives the right value."""
-    if xp.backend_name == "array_api_strict":
+    if xp.backend_name.startswith("array_api_strict"):
         pytest.skip("array-api-strict has no float16")
     rng = np.random.default_rng(0)
     n = 70000

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import to_np
+from helpers import expected_library, to_np
 
 from backprop_xp import functional as F
 from backprop_xp import nn
@@ -27,11 +27,7 @@ def on(model: nn.Module, xp: Any, dtype: str | None = None) -> nn.Module:
 
 
 def expected_lib(xp: Any) -> str:
-    return (
-        xp.backend_name.split("_")[0]
-        if xp.backend_name != "array_api_strict"
-        else "array_api_strict"
-    )
+    return expected_library(xp)
 
 
 def numeric_param_grad(loss_fn: Any, p: nn.Parameter, n: int = 6, eps: float = 1e-6) -> tuple:

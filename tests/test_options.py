@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import to_np
 
 from backprop_xp import nn, optim
 
@@ -58,7 +59,7 @@ def test_numpy_scalar_hyperparameters_keep_float32_parameters(xp, cls, kw):
     _step(cls, got, xp, **_numpy_scalars(kw, xp))
     for (name, a), (_, b) in zip(ref.named_parameters(), got.named_parameters(), strict=True):
         assert b.dtype == xp.float32, f"{name} became {b.dtype}"
-        np.testing.assert_allclose(np.asarray(a.data), np.asarray(b.data), rtol=1e-6)
+        np.testing.assert_allclose(to_np(a.data), to_np(b.data), rtol=1e-6)
 
 
 def test_a_learning_rate_set_later_is_normalized_too(xp):

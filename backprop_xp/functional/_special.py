@@ -36,6 +36,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+from ..backend import copysign
+
 Array = Any
 
 _K = 3.0
@@ -140,10 +142,10 @@ def _erf_or_erfc(xp: ModuleType, x: Array, complement: bool) -> Array:
     if complement:
         # 2 - tail for x < 0, tail for x > 0, without a second where(): NumPy's where() is
         # branchy, several times slower than arithmetic when the mask is random
-        big = (1 - xp.copysign(xp.ones_like(x), x)) + xp.copysign(tail, x)
+        big = (1 - copysign(xp, xp.ones_like(x), x)) + copysign(xp, tail, x)
         out = xp.where(small, (1 - x1) - r, big)
     else:
-        out = xp.where(small, x1 + r, xp.copysign(1 - tail, x))
+        out = xp.where(small, x1 + r, copysign(xp, 1 - tail, x))
     return xp.astype(out, dtype) if narrow else out
 
 

@@ -21,6 +21,9 @@ from collections.abc import Callable, Collection, Sequence
 from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
 
+from array_api_compat import is_lazy_array
+
+from .._config import index_checks_enabled
 from ..backend import device, get_namespace
 
 Array = Any
@@ -71,6 +74,18 @@ def op_inputs(op: str, /, optional: Collection[str] = (), **arrays: Any) -> tupl
             a = xp.astype(a, a.dtype.newbyteorder("="))
         out.append(a)
     return (xp, *out)
+
+
+def value_checks(*arrays: Any) -> bool:
+    """Whether an op runs its checks of array *values* (class indices in range, ``lengths``
+    in ``[0, T]``): one host synchronization each, so they are skipped where
+    :func:`backprop_xp.index_checks` is off and for lazy arrays (array-api-compat's
+    ``is_lazy_array``: JAX, where a value under ``jit`` does not exist yet; dask, where
+    reading one would compute the graph; ndonnx). Out-of-range values then give undefined
+    results, as with the checks off."""
+    if not index_checks_enabled():
+        return False
+    return not any(a is not None and is_lazy_array(a) for a in arrays)
 
 
 # ----------------------------------------------------------------------------- scalar options

@@ -159,7 +159,7 @@ def _attention(
     dev = device(query)
     q = query * scale
     Gk, Gv = groups
-    A = _ungroup(xp, xp.matmul(_group(xp, q, Gk), key.mT), Gk)
+    A = _ungroup(xp, xp.matmul(_group(xp, q, Gk), xp.matrix_transpose(key)), Gk)
     if mask is not None:
         A = A + mask
     one = xp.ones((), dtype=ct, device=dev)
@@ -418,9 +418,9 @@ def scaled_dot_product_attention_backward(
     Gw = G * w
     ed = e if keep is None else e * keep
     # grouped heads (GQA): the sums over a group's query heads are the GEMMs' inner sums
-    dV = xp.matmul(_group(xp, ed, Gv).mT, _group(xp, Gw, Gv))
+    dV = xp.matmul(xp.matrix_transpose(_group(xp, ed, Gv)), _group(xp, Gw, Gv))
     del ed
-    dPw = _ungroup(xp, xp.matmul(_group(xp, Gw, Gv), v.mT), Gv)
+    dPw = _ungroup(xp, xp.matmul(_group(xp, Gw, Gv), xp.matrix_transpose(v)), Gv)
     del Gw
     if keep is not None:
         dPw = dPw * keep
@@ -429,7 +429,7 @@ def scaled_dot_product_attention_backward(
     dA = e * dPw  # = P ⊙ (dP - rowsum(G ⊙ O))
     del dPw
     dQ = _ungroup(xp, xp.matmul(_group(xp, dA, Gk), k), Gk) * scale
-    dK = xp.matmul(_group(xp, dA, Gk).mT, _group(xp, q, Gk))
+    dK = xp.matmul(xp.matrix_transpose(_group(xp, dA, Gk)), _group(xp, q, Gk))
     dmask = None
     if mask_shape is not None:
         dmask = xp.astype(_sum_to(xp, dA, mask_shape), mask_dtype, copy=False)

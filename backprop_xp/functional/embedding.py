@@ -8,7 +8,6 @@ from typing import Any, NamedTuple
 
 import array_api_extra as xpx
 
-from .._config import index_checks_enabled
 from ..backend import device, scatter_add_rows
 from ._validation import (
     backward_op,
@@ -20,6 +19,7 @@ from ._validation import (
     int_option,
     op_inputs,
     shape_error,
+    value_checks,
 )
 
 __all__ = ["embedding", "embedding_backward"]
@@ -132,7 +132,7 @@ def embedding(
     # lookup (so 2^64 - 1 is never row -1). torch gathers with int32 or int64 only.
     if index.dtype != xp.int32 and index.dtype != xp.int64:
         index = xp.astype(index, xp.int64)
-    if index_checks_enabled():
+    if value_checks(index):
         _check_indices(xp, index, n, input.dtype)
     y = xp.reshape(xp.take(weight, index, axis=0), (*input.shape, dim))
     cache = EmbeddingCache(index, n, padding_idx, scale_grad_by_freq, tuple(y.shape), weight.dtype)

@@ -12,8 +12,7 @@ from typing import Any, NamedTuple
 
 import array_api_extra as xpx
 
-from .._config import index_checks_enabled
-from ..backend import device, supports_integer_setitem
+from ..backend import copysign, device, supports_integer_setitem
 from ._validation import (
     backward_op,
     broadcasts_to,
@@ -26,6 +25,7 @@ from ._validation import (
     op_inputs,
     real_option,
     shape_error,
+    value_checks,
 )
 from .activations import stable_sigmoid, stable_softplus
 
@@ -58,7 +58,7 @@ def _divide(xp: ModuleType, a: Array, b: Array) -> Array:
     for ``0/0``), without the warning NumPy gives for a division by zero."""
     zero = b == 0
     q = a / xp.where(zero, xp.ones_like(b), b)
-    signed_inf = xp.copysign(xp.full_like(q, math.inf), a) * xp.copysign(xp.ones_like(b), b)
+    signed_inf = copysign(xp, xp.full_like(q, math.inf), a) * copysign(xp, xp.ones_like(b), b)
     undefined = xp.isnan(a) | (a == 0)
     return xp.where(zero, xp.where(undefined, xp.full_like(q, math.nan), signed_inf), q)
 
@@ -234,7 +234,7 @@ def cross_entropy(
         return (out[0, ...] if unbatched and reduction == "none" else out), cache
 
     t_safe, valid = _class_indices(xp, target, n_classes, ignore_index)
-    picked = xp.take_along_axis(z, t_safe, axis=1)  # z at the target class
+    picked = _at_class(xp, z, t_safe)  # z at the target class
     zero = xp.zeros_like(picked)
     nll = log_s - picked  # -log p_y
     w_y = None
@@ -270,6 +270,19 @@ def cross_entropy(
     return (out[0, ...] if unbatched and reduction == "none" else out), cache
 
 
+def _at_class(xp: ModuleType, z: Array, t: Array) -> Array:
+    """``z[n, t[n], ...]`` keeping the class axis: ``take_along_axis`` where the namespace has
+    it (dask's has not), else a select over the classes (exact: one term per row)."""
+    take = getattr(xp, "take_along_axis", None)
+    if take is not None:
+        return take(z, t, axis=1)
+    n_classes = z.shape[1]
+    classes = xp.reshape(
+        xp.arange(n_classes, dtype=t.dtype, device=device(z)), (1, n_classes) + (1,) * (z.ndim - 2)
+    )
+    return xp.sum(xp.where(classes == t, z, xp.zeros_like(z)), axis=1, keepdims=True)
+
+
 def _smooth(xp: ModuleType, z: Array, log_s: Array, weight: Array | None) -> Array:
     """:math:`-\\sum_c w_c \\log p_c`, keepdims."""
     logp = z - log_s
@@ -296,7 +309,7 @@ def _class_indices(
     else:
         valid = xp.ones(t.shape, dtype=xp.bool, device=device(t))
     in_range = (t >= 0) & (t < n_classes)
-    if index_checks_enabled():
+    if value_checks(t):
         bad = valid & ~in_range
         if bool(xp.any(bad)):  # the one host synchronization of this op
             lo, hi = _extremes(xp, t, bad, unsigned)

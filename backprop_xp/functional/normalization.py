@@ -518,6 +518,7 @@ class GroupNormCache(NamedTuple):
     has_bias: bool
     shape: tuple[int, ...]  # of x
     dtype: Any  # of x
+    groups: int
 
 
 @forward_op
@@ -573,24 +574,38 @@ def group_norm(
     _check_params(op, x, (C,), "one per channel", weight=weight, bias=bias)
     P = math.prod(x.shape[2:])
     wd = _accumulator(xp, x.dtype)
-    x2 = xp.reshape(_working(xp, x, wd), (N * G, (C // G) * P))
+    x2 = _to_groups(xp, _working(xp, x, wd), N, G, P)
     w, b = _working(xp, weight, wd), _working(xp, bias, wd)
     mean, invstd, y2 = _row_moments(xp, x2, eps)
     y2 *= invstd  # the centred values become the output in place
-    y3 = xp.reshape(y2, (N, C, P))
+    y3 = _from_groups(xp, y2, N, G, C, P)
     if w is not None:
         y3 *= w[:, None]
     if b is not None:
         y3 += b[:, None]
     y = _out(xp, xp.reshape(y3, x.shape), x.dtype)
-    return y, GroupNormCache(x2, mean, invstd, w, b is not None, tuple(x.shape), x.dtype)
+    return y, GroupNormCache(x2, mean, invstd, w, b is not None, tuple(x.shape), x.dtype, G)
+
+
+def _to_groups(xp: ModuleType, a: Array, N: int, G: int, P: int) -> Array:
+    """``(N, C, *S)`` as ``(N·G, C/G·P)``, one row per (sample, group). In two reshapes, a
+    split then merges: dask reshapes chunked arrays only so (one reshape would split C and
+    merge it with its neighbours at once)."""
+    C = int(a.shape[1])
+    a = xp.reshape(a, (N, G, C // G, P))
+    return xp.reshape(a, (N * G, C // G * P))
+
+
+def _from_groups(xp: ModuleType, a: Array, N: int, G: int, C: int, P: int) -> Array:
+    """The inverse of :func:`_to_groups`, as ``(N, C, P)``."""
+    return xp.reshape(xp.reshape(a, (N, G, C // G, P)), (N, C, P))
 
 
 @backward_op(GroupNormCache)
 def group_norm_backward(
     dy: Array, cache: GroupNormCache, /
 ) -> tuple[Array, Array | None, Array | None]:
-    x2, mean, invstd, w, has_bias, shape, dtype = cache
+    x2, mean, invstd, w, has_bias, shape, dtype, G = cache
     xp, dy = cotangent_namespace("group_norm_backward", dy, x2, shape, dtype)
     N, C = int(shape[0]), int(shape[1])
     P = math.prod(shape[2:])
@@ -598,13 +613,13 @@ def group_norm_backward(
     dbias = _channel_sum(xp, dy3) if has_bias else None
     xhat = _xhat(xp, x2, mean, invstd)
     dweight = None
-    g = xp.reshape(dy3, x2.shape)
+    g = _to_groups(xp, dy3, N, G, P)
     if w is not None:
-        dweight = _channel_dot(xp, dy3, xp.reshape(xhat, (N, C, P)))
-        g = xp.reshape(dy3 * w[:, None], x2.shape)
+        dweight = _channel_dot(xp, dy3, _from_groups(xp, xhat, N, G, C, P))
+        g = _to_groups(xp, dy3 * w[:, None], N, G, P)
     dx = _rows_dx(xp, xhat, invstd, g, *_row_means(xp, g, xhat))
     return (
-        _out(xp, xp.reshape(dx, shape), dtype),
+        _out(xp, xp.reshape(_from_groups(xp, dx, N, G, C, P), shape), dtype),
         _out(xp, dweight, dtype),
         _out(xp, dbias, dtype),
     )

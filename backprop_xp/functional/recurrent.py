@@ -45,7 +45,6 @@ from typing import Any, NamedTuple
 from array_api_compat import is_writeable_array
 from array_api_extra import at
 
-from .._config import index_checks_enabled
 from ..backend import device
 from ._validation import (
     backward_op,
@@ -58,6 +57,7 @@ from ._validation import (
     op_inputs,
     shape_error,
     tuple_cotangents,
+    value_checks,
 )
 
 __all__ = [
@@ -145,7 +145,7 @@ def _check(
         if lengths.dtype != xp.int64:  # a narrow type would wrap in arange(T) and in t < T
             lengths = xp.astype(lengths, xp.int64)
         # One host sync per call, like the class-index check of the losses.
-        if index_checks_enabled() and N and bool(xp.any((lengths < 0) | (lengths > T))):
+        if value_checks(lengths) and N and bool(xp.any((lengths < 0) | (lengths > T))):
             raise ValueError(
                 f"{op}: argument 'lengths' expected values in [0, {T}] (T = input.shape[0]), "
                 f"got values in [{int(xp.min(lengths))}, {int(xp.max(lengths))}]"
