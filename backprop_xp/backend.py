@@ -259,7 +259,9 @@ def to_namespace(x: Array, xp: ModuleType | str, device: Any = None) -> Array:
     if _is_array(x) and not isinstance(x, (np.generic, list, tuple)):
         src = array_api_compat.array_namespace(x)
         if src is xp or library_name(x) == _library_of_namespace(xp):
-            return x if device is None else array_api_compat.to_device(x, device)
+            if device is None or array_api_compat.device(x) == device:
+                return x  # (ndonnx refuses any device argument, its own device included)
+            return array_api_compat.to_device(x, device)
         if device is None:
             try:
                 return xp.from_dlpack(x)
@@ -270,7 +272,7 @@ def to_namespace(x: Array, xp: ModuleType | str, device: Any = None) -> Array:
         host = host.astype(host.dtype.newbyteorder("="))
     if not host.flags.writeable:  # torch warns on (and may later write to) read-only buffers
         host = host.copy()
-    if device is None:
+    if device is None or _library_of_namespace(xp) == "ndonnx":  # ONNX has no device choice
         return xp.asarray(host)
     return xp.asarray(host, device=device)
 

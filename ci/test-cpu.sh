@@ -8,7 +8,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch==2.13.0 resolves to the CPU build on our CI machines; the tests skip the torch
 # backend where torch is absent, so a failure here is not fatal.
 pip install -q torch==2.13.0 || echo "ci: torch unavailable, the torch backend will be skipped"
-pip install -q -e ".[examples,dev]"
+# jax, dask (with distributed) and ndonnx: the other libraries of the test matrix
+pip install -q -e ".[examples,dev,backends]"
 
 # Lint and types first: cheap, and a failure here names the file.
 ruff check backprop_xp tests benchmarks examples ci tools

@@ -53,6 +53,8 @@ def test_round_trip_is_bit_exact(tmp_path, rng):
     assert set(load_file(str(path))) == set(state)
 
 
+@pytest.mark.matrix
+@pytest.mark.values
 def test_model_round_trip_on_every_backend(xp, tmp_path):
     model = _model().to(xp._xp, xp.device)
     path = tmp_path / "m.safetensors"

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import compare_with_numpy
-from op_table import OPS, call
+from helpers import check_placement, compare_with_numpy
+from op_table import OPS, call, run
 
 from backprop_xp import functional as F
 
@@ -49,3 +49,24 @@ def test_every_op_matches_numpy(xp, rng, op, dtype):
         grad_out=_grad_like(rng, op, ref),
         dtype=dtype,
     )
+
+
+def _arrays_in(value: Any) -> list[Any]:
+    """Every array in a cache (its fields, and tuples of them)."""
+    if isinstance(value, (tuple, list)):
+        return [a for v in value for a in _arrays_in(v)]
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, np.generic):
+        return [value]
+    return []
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_every_cache_array_stays_with_the_inputs(xp, rng, op):
+    """The cache holds arrays of the inputs' library on their device only (on a second
+    array-api-strict device, a GPU, a meta device): nothing was made on a default device
+    or on the host."""
+    _, cache = run(xp, op, rng)
+    arrays = _arrays_in(tuple(cache))
+    assert arrays, f"{op}: a cache without arrays cannot be checked"
+    for i, a in enumerate(arrays):
+        check_placement(xp, a, f"{op} cache array {i}")

@@ -109,7 +109,7 @@ def clip_grad_norm(
             f"clip_grad_norm: the total norm of order {p} of the gradients is "
             f"non-finite ({float(total)}), so it cannot be clipped"
         )
-    one = xp.asarray(1.0, dtype=total.dtype, device=device(total))
+    one = xp.ones((), dtype=total.dtype, device=device(total))
     scale = xp.minimum(max_norm / (total + 1e-6), one)
     for q in params:
         q.grad = q.grad * xp.astype(scale, q.grad.dtype)
